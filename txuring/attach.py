@@ -1,0 +1,83 @@
+"""
+Drive a L{Ring} from any Twisted reactor (epoll, select, asyncio...): the Ring signals
+an eventfd when completions are waiting, the reactor watches it with C{addReader}, and
+ops started between two reactor iterations are submitted together by a C{callLater(0)}.
+
+This is how async_unix integrates C{Io_uring_raw} into Async's scheduler, and how
+L{txuring.fs} serves services that stay on the epoll reactor.
+"""
+
+import os
+
+from zope.interface import implementer
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.python import log
+
+
+@implementer(IReadDescriptor)
+class RingDriver:
+    """
+    Watches C{ring}'s eventfd on C{reactor} and submits/harvests for it.
+
+    @ivar ring: the driven Ring.
+    @ivar reactor: the reactor whose loop drives it.
+    """
+
+    def __init__(self, ring, reactor):
+        self.ring = ring
+        self.reactor = reactor
+        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ring.register_eventfd(self._eventfd)
+        self._flush_call = None
+        ring.on_pending = self._schedule_flush
+        reactor.addReader(self)
+        if ring.sqe_ready:
+            self._schedule_flush()
+
+    def fileno(self):
+        return self._eventfd
+
+    def logPrefix(self):
+        return "txuring.RingDriver"
+
+    def _schedule_flush(self):
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        self._flush_call = None
+        self.ring.submit()
+        self._harvest()
+
+    def doRead(self):
+        try:
+            os.eventfd_read(self._eventfd)
+        except BlockingIOError:
+            pass
+        self._harvest()
+
+    def _harvest(self):
+        ring = self.ring
+        # With DEFER_TASKRUN the eventfd says work is waiting; an enter posts the CQEs.
+        while ring.cqe_ready(0):
+            ring.fill_completions()
+        if ring.sqe_ready:
+            self._schedule_flush()
+
+    def connectionLost(self, reason):
+        pass
+
+    def detach(self):
+        """Stop driving the ring (it stays open) and close the eventfd."""
+        self.reactor.removeReader(self)
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        self.ring.on_pending = None
+        if not self.ring.closed:
+            try:
+                self.ring.unregister_eventfd()
+            except OSError:
+                log.err(None, "unregistering the ring's eventfd")
+        os.close(self._eventfd)

@@ -1,0 +1,174 @@
+"""
+L{Handle}: one operation given to a L{txuring.ring.Ring}, from its SQE to its final CQE.
+
+A Handle is the owner of everything the kernel may read or write while the op is in
+flight: buffers (held through cffi buffer exports, so a bytearray cannot be resized
+under the kernel), iovec arrays, path bytes, sockaddrs, msghdrs, statx buffers,
+timespecs. The Ring keeps the Handle in its table until the op's I{final} CQE (for
+multishot ops the first CQE without C{IORING_CQE_F_MORE}; for send_zc the notification
+CQE), so those objects outlive the caller's references and any Deferred that was
+cancelled early.
+"""
+
+import os
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python import log
+from twisted.python.failure import Failure
+
+from txuring.errors import error_of_errno
+
+# Handle.state
+QUEUED = 0  # waiting in the Ring's overflow queue: the kernel has not seen it
+SUBMITTED = 1  # its SQE is in the ring (given to the kernel, or about to be)
+DONE = 2  # its final CQE has arrived; the kernel holds nothing of it any more
+
+_F_MORE = 1 << 1  # IORING_CQE_F_MORE: more CQEs will follow for this SQE (5.13)
+_F_NOTIF = 1 << 3  # IORING_CQE_F_NOTIF: send_zc's buffer-release notification (6.0)
+
+
+class Handle:
+    """
+    One io_uring operation.
+
+    @ivar user_data: the 64-bit id in the SQE and its CQEs; never reused by a Ring.
+    @ivar op: the operation's name (C{"read"}, C{"accept"}, ...).
+    @ivar state: L{QUEUED}, L{SUBMITTED} or L{DONE}.
+    @ivar result: the final CQE's C{res} (a byte count, an fd, or C{-errno}) once
+        L{DONE}, else None.
+    @ivar flags: the final CQE's flags once L{DONE}.
+    @ivar callback: for multishot ops, called as C{callback(res, flags)} for every CQE,
+        the final one included (its flags lack C{IORING_CQE_F_MORE}).
+    @ivar filename: the path a path op names, for the OSError it may raise.
+    """
+
+    __slots__ = (
+        "user_data",
+        "op",
+        "state",
+        "result",
+        "flags",
+        "callback",
+        "filename",
+        "filename2",
+        "_keep",
+        "_convert",
+        "_release",
+        "_waiters",
+        "_zc_result",
+        "_ok_errnos",
+        "__weakref__",
+    )
+
+    def __init__(self, user_data, op, keep=(), convert=None, release=None, callback=None,
+                 filename=None, filename2=None, ok_errnos=()):
+        """
+        @param keep: objects the kernel may touch; held until the final CQE.
+        @param convert: maps a successful C{res} to the value L{Ring.syscall_result}
+            gives (a StatxResult, an (fd, address) pair, ...).
+        @param release: called with the converted value when nobody will receive it
+            (every Deferred for it was cancelled): closes an fd, for instance.
+        @param ok_errnos: errnos that are a normal outcome (a timeout's ETIME): passed
+            to C{convert} as a negative C{res} instead of failing.
+        """
+        self.user_data = user_data
+        self.op = op
+        self.state = QUEUED
+        self.result = None
+        self.flags = 0
+        self.callback = callback
+        self.filename = filename
+        self.filename2 = filename2
+        self._keep = keep
+        self._convert = convert
+        self._release = release
+        self._waiters = None
+        self._zc_result = None
+        self._ok_errnos = ok_errnos
+
+    def __repr__(self):
+        return "<Handle %s #%d %s result=%r>" % (
+            self.op, self.user_data, ("queued", "submitted", "done")[self.state], self.result)
+
+    @property
+    def done(self):
+        """Whether the op's final CQE has arrived."""
+        return self.state == DONE
+
+    def _more(self, res, flags):
+        """A CQE with C{IORING_CQE_F_MORE}: the op goes on."""
+        if self.callback is not None:
+            self.callback(res, flags)
+        elif self.op == "send_zc":
+            self._zc_result = res
+
+    def _final(self, res, flags):
+        """The op's last CQE: release what the kernel held and answer the waiters."""
+        if flags & _F_NOTIF and self._zc_result is not None:
+            res = self._zc_result  # the notification carries no byte count
+        self.state = DONE
+        self.result = res
+        self.flags = flags
+        self._keep = None
+        if self.callback is not None:
+            _call_safely(self.callback, res, flags)
+        waiters = self._waiters
+        if waiters is not None:
+            self._waiters = None
+            self._answer(waiters, res)
+
+    def _answer(self, waiters, res):
+        if res < 0 and -res not in self._ok_errnos:
+            outcome = Failure(error_of_errno(res, self.filename, self.filename2))
+        elif self._convert is not None:
+            try:
+                outcome = self._convert(res)
+            except BaseException:
+                outcome = Failure()
+        else:
+            outcome = res
+        taken = False
+        for d in waiters:
+            if d.called:  # cancelled: paused with CancelledError, waiting for us
+                d.unpause()
+            else:
+                taken = True
+                d.callback(outcome)
+        if not taken and self._release is not None and not isinstance(outcome, Failure):
+            try:
+                self._release(outcome)
+            except Exception:
+                log.err(None, "releasing the result of a cancelled %s" % (self.op,))
+
+    def _add_waiter(self, ring):
+        d = Deferred(lambda d: self._cancel_waiter(d, ring))
+        if self._waiters is None:
+            self._waiters = [d]
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _cancel_waiter(self, d, ring):
+        """
+        Deferred.cancel() on a waiter. Twisted would errback synchronously, but the
+        kernel may still be writing into this op's buffers: so the Deferred is fired
+        with CancelledError while paused, and unpaused at the final CQE. A cancel
+        request goes to the kernel unless another waiter still wants the result.
+        """
+        d.pause()
+        d.errback(Failure(CancelledError("%s cancelled" % (self.op,))))
+        if all(w.called for w in self._waiters):
+            ring.cancel(self)
+
+
+def _call_safely(callback, res, flags):
+    """A multishot callback that raises must not keep the op's waiters unanswered."""
+    try:
+        callback(res, flags)
+    except Exception:
+        log.err(None, "multishot callback %r raised" % (callback,))
+
+
+def close_fd(fd):
+    """Release helper: close an fd nobody received."""
+    os.close(fd)
