@@ -47,6 +47,8 @@ class RingDriver:
 
     def _flush(self):
         self._flush_call = None
+        if self.ring.closed:
+            return
         self.ring.submit()
         self._harvest()
 
@@ -60,9 +62,9 @@ class RingDriver:
     def _harvest(self):
         ring = self.ring
         # With DEFER_TASKRUN the eventfd says work is waiting; an enter posts the CQEs.
-        while ring.cqe_ready(0):
+        while not ring.closed and ring.cqe_ready(0):
             ring.fill_completions()
-        if ring.sqe_ready:
+        if not ring.closed and ring.sqe_ready:
             self._schedule_flush()
 
     def connectionLost(self, reason):

@@ -233,8 +233,6 @@ class Ring(Operations):
         self._closed = True
         _live_rings.discard(self)
 
-    close = exit
-
     def __del__(self):
         if getattr(self, "_closed", True):
             return
@@ -474,7 +472,9 @@ class Ring(Operations):
         uds, ress, flagss = self._cqe_ud, self._cqe_res, self._cqe_flags
         batch = self._batch
         total = 0
-        while True:
+        # A callback may close the ring (ring.exit() after its last op): never touch
+        # the unmapped rings after that.
+        while not self._closed:
             n = lib.txu_harvest(r, uds, ress, flagss, batch)
             if n == 0:
                 # With FEAT_NODROP, CQEs that did not fit wait in the kernel and are

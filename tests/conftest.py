@@ -1,0 +1,58 @@
+"""
+Fixtures shared by the tests.
+
+C{ring}: a fresh L{txuring.Ring} driven by the reactor pytest-twisted runs (epoll by
+default, UringReactor with C{--reactor=uring}) through a L{txuring.RingDriver}. After
+the test it is drained, checked for leftovers, and closed.
+"""
+
+import os
+
+import pytest
+import pytest_twisted
+
+import txuring
+
+
+def open_fds():
+    """The set of this process's open fd numbers (for leak checks)."""
+    return set(int(n) for n in os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+def reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest.fixture
+def make_ring(reactor):
+    """A factory of driven rings; every ring made is drained and closed after the test."""
+    made = []
+
+    def make(queue_depth=32, **kw):
+        ring = txuring.Ring(queue_depth, **kw)
+        driver = txuring.RingDriver(ring, reactor)
+        made.append((ring, driver))
+        return ring
+
+    yield make
+    for ring, driver in made:
+        if ring.closed:
+            driver.detach()
+            continue
+        if ring.active_ops:
+            pytest_twisted.blockon(ring.drain())
+        driver.detach()
+        ring.exit()
+
+
+@pytest.fixture
+def ring(make_ring):
+    return make_ring()
+
+
+def result(ring, handle):
+    """Block (running the reactor) until the op is done; its result or raise."""
+    return pytest_twisted.blockon(ring.syscall_result(handle))
