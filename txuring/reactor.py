@@ -1,0 +1,289 @@
+"""
+UringReactor: a Twisted reactor whose loop is one io_uring.
+
+Install it before anything imports C{twisted.internet.reactor}::
+
+    from txuring import reactor
+    reactor.install()
+
+or run C{twistd --reactor=uring ...}, C{trial --reactor=uring ...},
+C{pytest --reactor=uring ...}.
+
+Design, and why:
+
+  - It is a L{PosixReactorBase}, so everything Twisted's POSIX reactors give (processes,
+    UDP, UNIX sockets, TLS layering, signals, threads, adoptStreamPort...) runs on top of
+    an L{IReactorFDSet} implemented here with io_uring poll ops.
+
+  - One loop iteration is: run the due timed calls, then B{one} C{io_uring_enter} that
+    submits every SQE queued since the last one and waits until a completion arrives or
+    the next timed call is due, then dispatch of the whole harvested batch. Readiness
+    changes made by callbacks (addReader, removeWriter...) are only SQEs in memory
+    until that single enter: unlike epoll, which pays an C{epoll_ctl} system call for
+    each of them.
+
+  - Twisted's readers and writers expect level-triggered readiness (a doRead may leave
+    data unread and count on being called again). A multishot poll is edge-triggered:
+    it posts a CQE only on a new wakeup. So each fd gets a I{one-shot} poll per
+    direction, re-armed after its event was dispatched while the selectable still
+    wants it; a one-shot poll on an fd that is still ready completes at once, which is
+    exactly level triggering. The reactor's own waker drains its eventfd on every read,
+    so it can and does use a multishot poll (5.13) that stays armed in the ring.
+
+  - Reading and writing have separate polls, so addWriter on a reading socket is one
+    more SQE, not a remove-and-re-add of a combined mask.
+
+  - A poll holds its own reference to the file: closing an fd behind the reactor's back
+    (without removeReader) does not end the poll, as it would not on epoll either; the
+    poll ends at the file's next event or when the selectable is removed.
+
+  - The ring is created disabled (C{IORING_SETUP_R_DISABLED}) and enabled by the first
+    thread that runs the reactor, so a reactor installed in one thread can run in
+    another (crochet's way) even with SINGLE_ISSUER|DEFER_TASKRUN.
+"""
+
+import errno
+import os
+import select
+
+from zope.interface import implementer
+
+from twisted.internet import posixbase
+from twisted.internet.interfaces import IReactorFDSet
+from twisted.python import log
+
+from txuring.errors import UringUnavailable
+from txuring.ring import CQE_F_MORE, Ring
+
+try:
+    Ring(1).exit()
+except UringUnavailable as e:
+    # twistd --help-reactors shows "!uring" with this reason.
+    raise ImportError("io_uring is unusable here: %s" % (e.strerror or e,)) from e
+except OSError as e:
+    raise ImportError("io_uring could not be set up: %s" % (e,)) from e
+
+POLLIN = select.POLLIN
+POLLOUT = select.POLLOUT
+POLLERR = select.POLLERR
+POLLHUP = select.POLLHUP
+POLLNVAL = select.POLLNVAL
+_DISCONNECTED = POLLHUP | POLLERR | POLLNVAL
+
+
+class _EventFDWaker(log.Logger):
+    """
+    Wakes the loop from other threads and signal handlers: an eventfd(2) whose counter
+    any thread may bump; its doRead drains it completely, so a multishot poll suits it.
+
+    @ivar _fd: the eventfd, or -1 once closed.
+    """
+
+    disconnected = 0
+    _txuringMultishot = True
+
+    def __init__(self):
+        self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def fileno(self):
+        return self._fd
+
+    def wakeUp(self):
+        fd = self._fd
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except BlockingIOError:
+                pass  # the counter is near its maximum: the loop is woken anyway
+
+    def doRead(self):
+        try:
+            os.eventfd_read(self._fd)
+        except BlockingIOError:
+            pass
+
+    def connectionLost(self, reason):
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class _Poll:
+    """
+    One poll op on the ring for one (fd, direction) of a selectable; the ring calls it
+    with each CQE.
+
+    @ivar live: False once the reactor stopped caring (removeReader...): a CQE that
+        arrives later is ignored.
+    """
+
+    __slots__ = ("reactor", "fd", "selectable", "direction", "handle", "live")
+
+    def __init__(self, reactor, fd, selectable, direction):
+        self.reactor = reactor
+        self.fd = fd
+        self.selectable = selectable
+        self.direction = direction
+        self.handle = None
+        self.live = True
+
+    def __call__(self, res, flags):
+        if self.live:
+            self.reactor._pollCompleted(self, res, flags)
+
+
+@implementer(IReactorFDSet)
+class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
+    """
+    A reactor whose I/O multiplexing and system calls go through one io_uring.
+
+    @ivar ring: the L{Ring}; L{txuring.fs} and the completion-based transports submit
+        their own ops to it.
+    @ivar _reads: fds registered for reading.
+    @ivar _writes: fds registered for writing.
+    @ivar _selectables: fd -> the selectable registered for it.
+    @ivar _polls: (fd, POLLIN or POLLOUT) -> the L{_Poll} in flight for it.
+    """
+
+    _POLL_DISCONNECTED = _DISCONNECTED
+    _POLL_IN = POLLIN
+    _POLL_OUT = POLLOUT
+
+    def __init__(self, queueDepth=256):
+        """
+        @param queueDepth: SQ entries of the reactor's ring (the CQ gets 4x).
+        """
+        self.ring = Ring(queueDepth, start_disabled=True)
+        self._multishotPoll = self.ring.op_supported("poll_add_multishot")
+        self._reads = set()
+        self._writes = set()
+        self._selectables = {}
+        self._polls = {}
+        posixbase.PosixReactorBase.__init__(self)
+
+    def _wakerFactory(self):
+        return _EventFDWaker()
+
+    # ---- IReactorFDSet ----
+
+    def addReader(self, reader):
+        """Have C{reader.doRead} called whenever its fd is readable."""
+        self._add(reader, self._reads, POLLIN)
+
+    def addWriter(self, writer):
+        """Have C{writer.doWrite} called whenever its fd is writable."""
+        self._add(writer, self._writes, POLLOUT)
+
+    def _add(self, selectable, primary, direction):
+        fd = selectable.fileno()
+        if fd in primary:
+            return  # as on epoll: already registered in this direction
+        if fd < 0:
+            raise ValueError("%r has no file descriptor (fileno() is %d)" % (selectable, fd))
+        primary.add(fd)
+        self._selectables[fd] = selectable
+        if (fd, direction) not in self._polls:
+            self._arm(fd, selectable, direction)
+
+    def removeReader(self, reader):
+        """Stop calling C{reader.doRead}."""
+        self._remove(reader, self._reads, self._writes, POLLIN)
+
+    def removeWriter(self, writer):
+        """Stop calling C{writer.doWrite}."""
+        self._remove(writer, self._writes, self._reads, POLLOUT)
+
+    def _remove(self, selectable, primary, other, direction):
+        fd = selectable.fileno()
+        if fd == -1:
+            # Closed already: find it by identity, as epollreactor does.
+            for fd, registered in self._selectables.items():
+                if registered is selectable:
+                    break
+            else:
+                return
+        if fd not in primary:
+            return
+        primary.discard(fd)
+        self._disarm(fd, direction)
+        if fd not in other:
+            del self._selectables[fd]
+
+    def removeAll(self):
+        return self._removeAll(
+            [self._selectables[fd] for fd in self._reads],
+            [self._selectables[fd] for fd in self._writes],
+        )
+
+    def getReaders(self):
+        return [self._selectables[fd] for fd in self._reads]
+
+    def getWriters(self):
+        return [self._selectables[fd] for fd in self._writes]
+
+    # ---- polls on the ring ----
+
+    def _arm(self, fd, selectable, direction):
+        poll = _Poll(self, fd, selectable, direction)
+        multishot = self._multishotPoll and getattr(selectable, "_txuringMultishot", False)
+        poll.handle = self.ring.poll_add(fd, direction, multishot=multishot, callback=poll)
+        self._polls[fd, direction] = poll
+
+    def _disarm(self, fd, direction):
+        poll = self._polls.pop((fd, direction), None)
+        if poll is not None:
+            poll.live = False
+            if not poll.handle.done:
+                self.ring.cancel(poll.handle)
+
+    def _pollCompleted(self, poll, res, flags):
+        fd, direction, selectable = poll.fd, poll.direction, poll.selectable
+        final = not flags & CQE_F_MORE
+        if final:
+            poll.live = False
+            del self._polls[fd, direction]
+        primary = self._reads if direction == POLLIN else self._writes
+        if fd not in primary or self._selectables.get(fd) is not selectable:
+            return  # removed, or replaced, since the poll was armed
+        if res == -errno.ECANCELED:
+            pass  # cancelled by someone else (cancel_fd): re-armed below
+        elif res < 0:
+            # EBADF and the like: the fd is not what was registered any more.
+            log.callWithLogger(selectable, self._disconnectSelectable, selectable,
+                               posixbase._NO_FILEDESC, False)
+            return
+        else:
+            event = res
+            if direction == POLLOUT and event & _DISCONNECTED and fd in self._reads:
+                # The read poll sees the same hang-up and reads what is left first.
+                event &= POLLOUT
+            if event:
+                log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
+        if final and fd in primary and self._selectables.get(fd) is selectable \
+                and (fd, direction) not in self._polls:
+            self._arm(fd, selectable, direction)
+
+    # ---- the loop ----
+
+    def doIteration(self, timeout):
+        """
+        One C{io_uring_enter}: submit what is queued and wait up to C{timeout} seconds
+        (None: until something happens) for completions; then dispatch them all.
+        """
+        ring = self.ring
+        ring.cqe_ready(timeout)
+        ring.fill_completions()
+
+    doPoll = doIteration
+
+
+def install(queueDepth=256):
+    """Install UringReactor as C{twisted.internet.reactor}."""
+    from twisted.internet.main import installReactor
+
+    reactor = UringReactor(queueDepth)
+    installReactor(reactor)
+    return reactor
+
+
+__all__ = ["UringReactor", "install"]
