@@ -389,6 +389,7 @@ class Ring(Operations):
             if err < 0:
                 raise errors.error_of_errno(err)
             self._disabled = False
+            self.setup_flags &= ~SETUP_R_DISABLED
             self._owner = threading.get_ident()
         elif self._owner != threading.get_ident() and self.setup_flags & SETUP_SINGLE_ISSUER:
             raise RuntimeError(

@@ -1,0 +1,91 @@
+"""
+The README's main job, for real: C{twistd --reactor=uring -y examples/echochat.tac} in a
+subprocess (found through the installed twistd plugin), talked to over loopback.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(port, deadline):
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def recv_until(sock, marker):
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def echochat(tmp_path):
+    ports = {"ECHO_PORT": free_port(), "CHAT_PORT": free_port(), "WEB_PORT": free_port()}
+    env = dict(os.environ, **{k: str(v) for k, v in ports.items()})
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "--reactor=uring", "-y",
+         os.path.join(ROOT, "examples", "echochat.tac")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    yield ports
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    # twistd re-raises the signal that stopped it, so that its exit status says so.
+    assert proc.returncode == -signal.SIGTERM, out.decode(errors="replace")
+    assert b"reactor class: txuring.reactor.UringReactor" in out
+    assert b"Server Shut Down." in out
+    assert b"Traceback" not in out, out.decode(errors="replace")
+
+
+def test_echochat_tac_serves_echo_chat_and_status(echochat):
+    deadline = time.monotonic() + 20
+    with connect(echochat["ECHO_PORT"], deadline) as echo:
+        payload = os.urandom(200000)
+        echo.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += echo.recv(65536)
+        assert got == payload
+
+    with connect(echochat["CHAT_PORT"], deadline) as ann, \
+            connect(echochat["CHAT_PORT"], deadline) as bob:
+        recv_until(ann, b"nickname?\n")
+        recv_until(bob, b"nickname?\n")
+        ann.sendall(b"ann\n")
+        recv_until(ann, b"here: ann\n")
+        bob.sendall(b"bob\n")
+        assert b"* bob joined" in recv_until(ann, b"joined\n")
+        recv_until(bob, b"\n")
+        bob.sendall(b"hello ann\n")
+        assert recv_until(ann, b"hello ann\n").endswith(b"<bob> hello ann\n")
+
+    with urllib.request.urlopen("http://127.0.0.1:%d/" % echochat["WEB_PORT"],
+                                timeout=10) as response:
+        status = json.load(response)
+    assert status["reactor"] == "txuring.reactor.UringReactor"
+    assert status["ring"]["completed"] > 0
