@@ -555,10 +555,13 @@ class Ring(Operations):
         """
         if handle.state == DONE:
             return succeed(None)
-        if handle.state == QUEUED and self._unqueue(handle):
-            self._handles.pop(handle.user_data, None)
-            handle._final(-errno.ECANCELED, 0)
-            return succeed(None)
+        if handle.state == QUEUED:
+            removed = self._unqueue(handle)
+            if removed:
+                for h in removed:
+                    self._handles.pop(h.user_data, None)
+                    h._final(-errno.ECANCELED, 0)
+                return succeed(None)
         return self._submit_cancel(handle.user_data, -1, 0, "cancel")
 
     def cancel_fd(self, fd):
@@ -568,9 +571,9 @@ class Ring(Operations):
 
     def cancel_all(self):
         """Cancel every op in flight on this ring (5.19). Deferred of the count."""
-        for handle, _, _, _ in list(self._backlog):
-            for h in handle if isinstance(handle, list) else [handle]:
-                self.cancel(h)
+        while self._backlog:
+            queued = self._backlog[0][0]
+            self.cancel(queued[0][0] if isinstance(queued, list) else queued)
         return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL, "cancel_all",
                                    count=True)
 
@@ -592,11 +595,18 @@ class Ring(Operations):
         return d.addCallbacks(answered, maybe_ok)
 
     def _unqueue(self, handle):
+        """
+        Take C{handle} out of the overflow queue; returns the handles removed with it
+        (a linked chain goes as a whole: the kernel would cancel the rest anyway), or
+        an empty list if it was not there.
+        """
         for entry in self._backlog:
-            if entry[0] is handle:
+            queued = entry[0]
+            if queued is handle or isinstance(queued, list) and any(
+                    h is handle for h, _, _ in queued):
                 self._backlog.remove(entry)
-                return True
-        return False
+                return [h for h, _, _ in queued] if isinstance(queued, list) else [queued]
+        return []
 
     def drain(self, cancel=True):
         """
