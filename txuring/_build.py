@@ -53,6 +53,8 @@ struct txu_ring {
     unsigned sq_entries;
     unsigned cq_entries;
     unsigned long long wait_timeouts_pending;
+    unsigned long long enters;
+    unsigned long long submitted;
     ...;
 };
 struct txu_bufring { unsigned entries; unsigned short bgid; ...; };
@@ -67,6 +69,7 @@ unsigned txu_sq_ready(struct txu_ring *r);
 unsigned txu_sq_unpublished(struct txu_ring *r);
 int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete, long long timeout_ns,
                         int use_ext_arg);
+int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag);
 unsigned txu_cq_ready(struct txu_ring *r);
 unsigned txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res, uint32_t *flags,
                      unsigned max);

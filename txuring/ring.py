@@ -35,7 +35,6 @@ Design, and why:
 import errno
 import itertools
 import os
-import threading
 import weakref
 from collections import deque
 
@@ -68,16 +67,17 @@ SETUP_FLAG_NAMES = {
 }
 
 #: The setup flag sets tried in order, best first (see the module docstring).
+#: TASKRUN_FLAG makes the kernel flag pending task work in the SQ ring, so an idle
+#: zero-timeout wait can skip io_uring_enter (accepted with DEFER_TASKRUN since 6.1).
 SETUP_CHAIN = {
-    "defer_taskrun": SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN | SETUP_SUBMIT_ALL,
+    "defer_taskrun": SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN | SETUP_TASKRUN_FLAG
+    | SETUP_SUBMIT_ALL,
     "coop_taskrun": SETUP_COOP_TASKRUN | SETUP_TASKRUN_FLAG | SETUP_SUBMIT_ALL,
     "plain": 0,
 }
 
 FEAT_EXT_ARG = 1 << 8  # 5.11: io_uring_enter takes a timeout (struct io_uring_getevents_arg)
 FEAT_NODROP = 1 << 1  # 5.5: CQEs that do not fit wait in the kernel, never dropped
-
-SQ_CQ_OVERFLOW = 1 << 1  # sq_flags: CQEs wait in the kernel's overflow list
 
 CQE_F_MORE = 1 << 1
 
@@ -156,7 +156,6 @@ class Ring(Operations):
         self._ext_arg = bool(self.features & FEAT_EXT_ARG) if ext_arg is None else bool(
             ext_arg and self.features & FEAT_EXT_ARG)
         self._disabled = bool(start_disabled)
-        self._owner = None if start_disabled else threading.get_ident()
         self.on_pending = on_pending
         self._ids = itertools.count(1)
         self._handles = {}
@@ -172,7 +171,10 @@ class Ring(Operations):
         self._cqe_ud = ffi.new("uint64_t[]", n)
         self._cqe_res = ffi.new("int32_t[]", n)
         self._cqe_flags = ffi.new("uint32_t[]", n)
-        self._counters = {"submitted": 0, "completed": 0, "enters": 0, "backlogged": 0}
+        self._completed = 0  # CQEs dispatched
+        self._backlogged = 0  # ops that had to wait in the overflow queue
+        # With TASKRUN_FLAG the kernel says when an enter is needed to post CQEs.
+        self._taskrun_flag = bool(self.setup_flags & SETUP_TASKRUN_FLAG)
         self._supported = self._probe()
         _live_rings.add(self)
 
@@ -313,7 +315,7 @@ class Ring(Operations):
         if self._backlog or prep(self._r, *args, handle.user_data, 0) == -errno.EBUSY:
             handle.state = QUEUED
             self._backlog.append((handle, prep, args, 0))
-            self._counters["backlogged"] += 1
+            self._backlogged += 1
             if not self._disabled and len(self._backlog) == 1:
                 self.submit()  # the SQ is full: give it to the kernel to make room
         else:
@@ -374,49 +376,51 @@ class Ring(Operations):
         """Whether anything is queued, in the SQ or in flight."""
         return bool(self._handles or self._backlog or lib.txu_sq_ready(self._r))
 
-    def _enter(self, min_complete, timeout_ns):
-        """One io_uring_enter. Returns submitted count, or a negative errno as is."""
-        self._check_issuer()
-        self._counters["enters"] += 1
-        ret = lib.txu_submit_and_wait(self._r, min_complete, timeout_ns, self._ext_arg)
-        if ret > 0:
-            self._counters["submitted"] += ret
-        return ret
-
-    def _check_issuer(self):
+    def _enable(self):
+        """
+        Enable a ring made with C{start_disabled}: the calling thread becomes the one
+        that may submit (SINGLE_ISSUER) and whose enters post completions.
+        """
+        self._check_usable()
         if self._disabled:
             err = lib.txu_enable_rings(self._r)
             if err < 0:
                 raise errors.error_of_errno(err)
             self._disabled = False
             self.setup_flags &= ~SETUP_R_DISABLED
-            self._owner = threading.get_ident()
-        elif self._owner != threading.get_ident() and self.setup_flags & SETUP_SINGLE_ISSUER:
-            raise RuntimeError(
-                "this ring was created with SINGLE_ISSUER by another thread; only that "
-                "thread may submit (use start_disabled=True to choose the thread later)")
+
+    def _enter_error(self, ret):
+        if ret == -errno.EEXIST and self.setup_flags & SETUP_SINGLE_ISSUER:
+            # The kernel's answer to a submit from a thread other than the issuer.
+            return RuntimeError(
+                "this ring (SINGLE_ISSUER) belongs to the thread that created or enabled "
+                "it; only that thread may submit (make it with start_disabled=True to "
+                "choose the thread later)")
+        return errors.error_of_errno(ret)
 
     def submit(self):
         """
         Give every prepared SQE (and as much of the overflow queue as fits) to the
         kernel. Returns how many SQEs the kernel took. Does not wait.
         """
-        self._check_usable()
+        if self._closed or self._forked or self._disabled:
+            self._enable()
+        r = self._r
         total = 0
         while True:
             if self._backlog:
                 self._fill_from_backlog()
-            if not lib.txu_sq_unpublished(self._r) and not self._backlog:
+            if not lib.txu_sq_unpublished(r):
                 break
-            ret = self._enter(0, -1)
+            ret = lib.txu_submit_and_wait(r, 0, -1, self._ext_arg)
             if ret == -errno.EINTR:
                 continue
             if ret in (-errno.EBUSY, -errno.EAGAIN):
                 break  # CQ backlog in the kernel: fill_completions() then submit again
             if ret < 0:
-                raise errors.error_of_errno(ret)
+                raise self._enter_error(ret)
             total += ret
-            if not self._backlog or ret == 0 and not lib.txu_sq_space(self._r):
+            if not self._backlog:
                 break
         return total
 
@@ -427,26 +431,24 @@ class Ring(Operations):
         are ready. A signal interrupts the wait and returns False, so that Python runs
         its handlers; the caller's loop then carries on.
         """
-        self._check_usable()
+        if self._closed or self._forked or self._disabled:
+            self._enable()
         if self._backlog:
             self._fill_from_backlog()
-        if lib.txu_cq_ready(self._r):
-            if lib.txu_sq_unpublished(self._r):
-                self._enter(0, -1)
-            return True
         if timeout is None:
-            ret = self._enter(1, -1)
+            timeout_ns = -1
         elif timeout <= 0:
-            ret = self._enter(0, -1)
+            timeout_ns = 0
         else:
-            ret = self._enter(1, int(timeout * 1e9))
-        if ret in (-errno.EBUSY, -errno.EAGAIN):
-            return True
-        if ret < 0 and ret not in (-errno.ETIME, -errno.EINTR):
-            raise errors.error_of_errno(ret)
-        if self._backlog and lib.txu_sq_space(self._r):
+            timeout_ns = max(1, int(timeout * 1e9))
+        ready = lib.txu_wait(self._r, timeout_ns, self._ext_arg, self._taskrun_flag)
+        if ready < 0:
+            if ready == -errno.EINTR:
+                return False
+            raise self._enter_error(ready)
+        if self._backlog:
             self.submit()
-        return lib.txu_cq_ready(self._r) > 0
+        return ready > 0
 
     def fill_completions(self):
         """
@@ -472,22 +474,16 @@ class Ring(Operations):
         handles = self._handles
         uds, ress, flagss = self._cqe_ud, self._cqe_res, self._cqe_flags
         batch = self._batch
+        unpack = ffi.unpack
         total = 0
         # A callback may close the ring (ring.exit() after its last op): never touch
         # the unmapped rings after that.
         while not self._closed:
             n = lib.txu_harvest(r, uds, ress, flagss, batch)
             if n == 0:
-                # With FEAT_NODROP, CQEs that did not fit wait in the kernel and are
-                # flushed into the CQ by an enter with GETEVENTS.
-                if lib.txu_sq_flags(r) & SQ_CQ_OVERFLOW:
-                    self._enter(0, -1)
-                    if lib.txu_cq_ready(r):
-                        continue
                 break
             total += n
-            for ud, res, flags in zip(ffi.unpack(uds, n), ffi.unpack(ress, n),
-                                      ffi.unpack(flagss, n)):
+            for ud, res, flags in zip(unpack(uds, n), unpack(ress, n), unpack(flagss, n)):
                 try:
                     if flags & CQE_F_MORE:
                         handles[ud]._more(res, flags)
@@ -495,7 +491,9 @@ class Ring(Operations):
                         handles.pop(ud)._final(res, flags)
                 except Exception:
                     log.err(None, "dispatching a completion (user_data=%d res=%d)" % (ud, res))
-        self._counters["completed"] += total
+            if n < batch:
+                break  # the rest (if any) is for the next iteration
+        self._completed += total
         return total
 
     def register_eventfd(self, fd):
@@ -640,7 +638,10 @@ class Ring(Operations):
             "active_ops": len(self._handles),
             "backlog": len(self._backlog),
             "wait_timeouts_pending": r.wait_timeouts_pending,
-            **self._counters,
+            "submitted": r.submitted,
+            "completed": self._completed,
+            "enters": r.enters,
+            "backlogged": self._backlogged,
         }
 
 

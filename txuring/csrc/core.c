@@ -98,6 +98,9 @@ struct txu_ring {
     /* the wait timeout when the kernel has no EXT_ARG: copied by the kernel at submit */
     struct __kernel_timespec wait_ts;
     unsigned long long wait_timeouts_pending;
+    /* counters for stats() */
+    unsigned long long enters;
+    unsigned long long submitted;
 };
 
 static long sys_setup(unsigned entries, struct io_uring_params *p)
@@ -214,6 +217,16 @@ static void txu_close(struct txu_ring *r)
 
 /* ---- submission ---- */
 
+static unsigned txu_sq_flags(struct txu_ring *r)
+{
+    return __atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE);
+}
+
+static unsigned txu_cq_ready(struct txu_ring *r)
+{
+    return __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) - *r->cq_khead;
+}
+
 static unsigned txu_sq_space(struct txu_ring *r)
 {
     unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
@@ -314,18 +327,54 @@ static int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete,
         }
     }
     unsigned to_submit = flush_sq(r);
+    r->enters++;
     long ret = sys_enter(r->fd, to_submit, min_complete, enter_flags(r, flags), argp, argsz);
     if (ret < 0)
         return -errno;
+    r->submitted += (unsigned long long)ret;
     return (int)ret;
+}
+
+/*
+ * The loop's wait, the one io_uring_enter of an iteration: submit what is prepared and
+ * wait up to timeout_ns (< 0: no limit, 0: do not wait) for a completion.
+ * Returns the number of CQEs ready, or -errno (-EINTR: a signal arrived).
+ *
+ * A zero-timeout wait with nothing to submit skips the system call when the kernel
+ * says no enter is needed: with IORING_SETUP_TASKRUN_FLAG (5.19) it sets
+ * IORING_SQ_TASKRUN in sq_flags while task work (completions DEFER_TASKRUN holds back)
+ * is pending, and IORING_SQ_CQ_OVERFLOW while CQEs wait in its overflow list.
+ */
+static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag)
+{
+    unsigned ready = txu_cq_ready(r);
+    int pending = r->sqe_tail != r->sqe_head;
+    int ret;
+
+    if (ready) {
+        if (pending) {
+            ret = txu_submit_and_wait(r, 0, -1, use_ext_arg);
+            if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
+                return ret;
+        }
+        return (int)txu_cq_ready(r);
+    }
+    if (timeout_ns == 0) {
+        if (!pending && taskrun_flag &&
+            !(txu_sq_flags(r) & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)))
+            return 0;
+        ret = txu_submit_and_wait(r, 0, -1, use_ext_arg);
+    } else {
+        ret = txu_submit_and_wait(r, 1, timeout_ns, use_ext_arg);
+    }
+    /* ETIME: timed out. EBUSY/EAGAIN: CQEs are backed up; the caller harvests them. */
+    if (ret < 0 && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
+        return ret;
+    return (int)txu_cq_ready(r);
 }
 
 /* ---- completion ---- */
 
-static unsigned txu_cq_ready(struct txu_ring *r)
-{
-    return __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) - *r->cq_khead;
-}
 
 /*
  * Copy up to max CQEs into the three arrays and advance the CQ head once.
@@ -337,6 +386,13 @@ static unsigned txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *re
     unsigned head = *r->cq_khead;
     unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
     unsigned n = 0;
+    if (head == tail && (txu_sq_flags(r) & IORING_SQ_CQ_OVERFLOW)) {
+        /* IORING_FEAT_NODROP (5.5): CQEs that did not fit wait in the kernel; an
+         * enter with GETEVENTS moves them into the CQ. */
+        r->enters++;
+        sys_enter(r->fd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0);
+        tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
+    }
     while (head != tail && n < max) {
         struct io_uring_cqe *cqe = &r->cqes[head & r->cq_mask];
         head++;
@@ -364,10 +420,6 @@ static unsigned txu_sq_dropped(struct txu_ring *r)
     return __atomic_load_n(r->sq_kdropped, __ATOMIC_ACQUIRE);
 }
 
-static unsigned txu_sq_flags(struct txu_ring *r)
-{
-    return __atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE);
-}
 
 /* ---- registration ---- */
 
