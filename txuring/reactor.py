@@ -167,7 +167,18 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     # ---- IReactorFDSet ----
 
     def addReader(self, reader):
-        """Have C{reader.doRead} called whenever its fd is readable."""
+        """
+        Have C{reader.doRead} called whenever its fd is readable.
+
+        A regular file (or a block device) is accepted, and is always readable: the
+        kernel's poll of a file without a poll method reports it readable and writable
+        at once, so C{doRead} is called on every iteration until C{removeReader}, and
+        the loop does not sleep meanwhile. EPollReactor gets EPERM from C{epoll_ctl}
+        for such a file and falls back to L{posixbase._ContinuousPolling}, which also
+        calls C{doRead} over and over (every millisecond); the visible behaviour is
+        the same, this one without the millisecond timer. The same holds for
+        C{addWriter}.
+        """
         self._add(reader, self._reads, POLLIN)
 
     def addWriter(self, writer):
@@ -221,6 +232,48 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     def getWriters(self):
         return [self._selectables[fd] for fd in self._writes]
 
+    # ---- releasing the ring ----
+
+    def close(self):
+        """
+        Release what this reactor holds in the kernel, its ring and its waker's
+        eventfd, once it is done for good: stopped and never to run again. Not part of
+        any Twisted interface (an EPollReactor's epoll fd simply lives until garbage
+        collection, and a UringReactor left to the garbage collector is released too,
+        by L{Ring.__del__}); it is for programs and tests that build many reactors and
+        want the fds back at a known point.
+
+        Every registered selectable is removed (not disconnected: call
+        C{disconnectAll} first for that), the waker is closed, ops still in flight
+        on C{self.ring} are cancelled, and once the kernel has answered every cancel
+        (a poll holds a reference to its file until then) the ring is closed. Call it
+        from the thread that ran the reactor: with SINGLE_ISSUER only that thread may
+        submit the cancels. Idempotent.
+        """
+        if self.running:
+            raise RuntimeError("close() a reactor only after it stopped running")
+        ring = self.ring
+        if ring.closed:
+            return
+        for reader in list(self._internalReaders):
+            self.removeReader(reader)
+            reader.connectionLost(None)
+        self._internalReaders.clear()
+        self.removeAll()
+        drained = []
+        if ring.active_ops:
+            # Cancels of the polls removed above are queued; other ops on the ring
+            # (txuring.fs...) are cancelled here. Before 5.19 the kernel refuses the
+            # catch-all cancel with EINVAL: the polls' own cancels are enough then.
+            ring.cancel_all().addErrback(lambda f: None)
+            ring.drain(cancel=False).addBoth(drained.append)
+            deadline = self.seconds() + 10
+            while not drained and self.seconds() < deadline:
+                ring.cqe_ready(0.1)
+                ring.fill_completions()
+        ring.exit()  # raises RingBusy if an op outlived the 10 s
+        self.waker = None
+
     # ---- polls on the ring ----
 
     def _arm(self, fd, selectable, direction):
@@ -233,6 +286,10 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         poll = self._polls.pop((fd, direction), None)
         if poll is not None:
             poll.live = False
+            # The cancelled poll's Handle stays in the ring until the kernel answers,
+            # or for ever (Ring.__del__ keeps the handles of a garbage-collected ring's
+            # unfinished ops): it must not keep the selectable or this reactor alive.
+            poll.reactor = poll.selectable = None
             if not poll.handle.done:
                 self.ring.cancel(poll.handle)
 
