@@ -56,3 +56,35 @@ def ring(make_ring):
 def result(ring, handle):
     """Block (running the reactor) until the op is done; its result or raise."""
     return pytest_twisted.blockon(ring.syscall_result(handle))
+
+
+# ---- tests/conformance: Twisted's reactor suite, run by tests/test_conformance.py ----
+
+_CONFORMANCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")
+
+#: Where tests/test_conformance.py leaves each module's counts for the summary.
+CONFORMANCE_SUMMARY = pytest.StashKey[list]()
+
+
+def _inside_conformance(path):
+    path = os.path.abspath(str(path))
+    return path == _CONFORMANCE_DIR or path.startswith(_CONFORMANCE_DIR + os.sep)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """
+    Leave tests/conformance to tests/test_conformance.py, which runs each of its
+    modules in a subprocess of its own, unless the command line names something in it.
+    """
+    if _inside_conformance(collection_path) and not any(
+            _inside_conformance(arg.split("::")[0]) for arg in config.args):
+        return True
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    lines = config.stash.get(CONFORMANCE_SUMMARY, None)
+    if lines:
+        terminalreporter.section("Twisted reactor conformance (UringReactor vs EPollReactor)")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,1 @@
+"""Twisted reactor conformance suite (see _builders.py)."""

@@ -1,0 +1,149 @@
+"""
+Twisted's reactor conformance suite (tests/conformance/), one subprocess per Twisted
+module, for UringReactor against EPollReactor on the same machine.
+
+Each parametrized test runs::
+
+    python -m pytest -q -p no:cacheprovider --junitxml=... tests/conformance/test_X.py
+
+in a fresh process and a scratch working directory (Twisted's tests make temporary
+files in the working directory, as they would in trial's _trial_temp), reads every
+test's outcome, and fails if:
+
+  - a test passes on EPollReactor and fails, errors, or is missing on UringReactor,
+    unless L{ALLOWED_URING_FAILURES} gives a reason;
+  - a test passes on EPollReactor and is skipped on UringReactor, unless
+    C{tests/conformance/_builders.URING_SKIPS} gives the reason (it makes the skip);
+  - the module ran no test for either reactor, or pytest itself broke.
+
+Failures on both reactors are environment facts, printed but not failed: here (root in
+a sandbox) C{test_changeUID} fails for both, because the child cannot exec as uid 1.
+
+Each module's counts per reactor, and its runtime, are printed in the terminal summary
+(see tests/conftest.py). To see one module's tests directly::
+
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/conformance/test_tcp.py
+"""
+
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFORMANCE_SUMMARY
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conformance._builders import URING_SKIPS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFORMANCE = ROOT / "tests" / "conformance"
+
+#: The Twisted modules (twisted.internet.test.test_X), one subprocess each.
+MODULES = ["core", "time", "fdset", "threads", "tcp", "udp", "unix", "process", "tls",
+           "socket", "newtls", "stdio"]
+
+#: The two reactors, by the suffix of the test classes generated for them.
+URING, EPOLL = "_UringReactorTests", "_EPollReactorTests"
+
+#: Tests allowed to fail or error on UringReactor although they pass on EPollReactor:
+#: (builder class name, test method name) -> the reason. Empty: every test that
+#: passes on EPollReactor passes on UringReactor.
+ALLOWED_URING_FAILURES = {}
+
+#: A whole module is given this long (seconds) before it counts as hung. Twisted's
+#: ReactorBuilder.runReactor stops a stuck reactor after 120 s, so a single hung test
+#: still gives a report within the limit.
+MODULE_TIMEOUT = 600
+
+
+def _outcomes(junit_xml):
+    """{(reactor suffix, builder, method): outcome} from a pytest junit XML report."""
+    outcomes = {}
+    for case in ET.parse(junit_xml).getroot().iter("testcase"):
+        cls = case.get("classname", "").rsplit(".", 1)[-1]
+        for suffix in (URING, EPOLL):
+            if cls.endswith(suffix):
+                break
+        else:
+            continue
+        tags = {child.tag for child in case}
+        if "error" in tags:
+            outcome = "error"
+        elif "failure" in tags:
+            outcome = "failed"
+        elif "skipped" in tags:
+            outcome = "skipped"
+        else:
+            outcome = "passed"
+        key = (suffix, cls[: -len(suffix)], case.get("name"))
+        # A test reported twice (call, then teardown error) keeps the worse outcome.
+        if outcomes.get(key) not in ("error", "failed"):
+            outcomes[key] = outcome
+    return outcomes
+
+
+def _describe(outcomes, reactor):
+    counts = Counter(o for (r, _, _), o in outcomes.items() if r == reactor)
+    return "%3d passed %2d failed %2d errors %2d skipped" % (
+        counts["passed"], counts["failed"], counts["error"], counts["skipped"])
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_conformance(module, tmp_path, request):
+    path = CONFORMANCE / ("test_%s.py" % (module,))
+    junit = tmp_path / "junit.xml"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+           "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "-o", "addopts=",
+           "-rfE", "--junitxml", str(junit), str(path)]
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              timeout=MODULE_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        out = e.output or ""
+        if isinstance(out, bytes):
+            out = out.decode("utf-8", "replace")
+        pytest.fail("test_%s did not finish within %d s:\n%s" % (module, MODULE_TIMEOUT,
+                                                                 out[-5000:]))
+    elapsed = time.monotonic() - started
+    out = proc.stdout
+    # 0: all passed, 1: some failed; anything else is pytest breaking (usage, import).
+    assert proc.returncode in (0, 1) and junit.exists(), (
+        "pytest exited with %d:\n%s" % (proc.returncode, out[-5000:]))
+    outcomes = _outcomes(junit)
+
+    uring = {(b, m): o for (r, b, m), o in outcomes.items() if r == URING}
+    epoll = {(b, m): o for (r, b, m), o in outcomes.items() if r == EPOLL}
+    both_failed = sorted("%s.%s" % k for k, o in epoll.items()
+                         if o in ("failed", "error") and uring.get(k) in ("failed", "error"))
+    report = ["test_%s (%.1f s)" % (module, elapsed),
+              "  UringReactor: " + _describe(outcomes, URING),
+              "  EPollReactor: " + _describe(outcomes, EPOLL)]
+    if both_failed:
+        report.append("  failing on both (environment): " + ", ".join(both_failed))
+    request.config.stash.setdefault(CONFORMANCE_SUMMARY, []).append("\n".join(report))
+    print("\n".join(report))
+
+    assert uring and epoll, "no test ran for one of the reactors:\n%s" % (out[-5000:],)
+    problems = []
+    for key, o in sorted(epoll.items()):
+        if o != "passed":
+            continue
+        got = uring.get(key, "missing")
+        if got == "passed":
+            continue
+        if got == "skipped" and key in URING_SKIPS:
+            continue
+        if got in ("failed", "error") and key in ALLOWED_URING_FAILURES:
+            continue
+        problems.append("%s.%s: %s on UringReactor, passed on EPollReactor" % (
+            key[0], key[1], got))
+    assert not problems, "\n".join(problems) + "\n\npytest output:\n" + out[-8000:]
