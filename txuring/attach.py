@@ -60,11 +60,19 @@ class RingDriver:
         self._harvest()
 
     def _harvest(self):
+        """
+        One pass per reactor turn: an enter (which, with DEFER_TASKRUN, posts the
+        CQEs the eventfd announced) and one dispatch. Ops that callbacks start, or
+        CQEs still waiting, get another pass through callLater(0): looping here
+        instead would starve the reactor's timers and other descriptors while ops
+        that complete at once (page-cache reads, noops) keep chaining.
+        """
         ring = self.ring
-        # With DEFER_TASKRUN the eventfd says work is waiting; an enter posts the CQEs.
-        while not ring.closed and ring.cqe_ready(0):
+        if ring.closed:
+            return
+        if ring.cqe_ready(0):
             ring.fill_completions()
-        if not ring.closed and ring.sqe_ready:
+        if not ring.closed and (ring.sqe_ready or ring.cq_ready):
             self._schedule_flush()
 
     def connectionLost(self, reason):

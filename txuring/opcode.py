@@ -243,7 +243,7 @@ class Operations:
     """
 
     def _require(self, op):
-        if not self.op_supported(op):
+        if op not in self._ops_ok:
             raise errors.OpNotSupported(op, OPCODES[op].since)
 
     # ---- no-ops and timers ----
@@ -349,23 +349,30 @@ class Operations:
         """
         region = self._chunk_region(chunk)
         n = _length(chunk.length, nbytes)
-        h = self._new_handle("read_fixed", keep=(chunk,))
+        # The chunk is busy until the final CQE: Region.free refuses it meanwhile.
+        h = self._new_handle("read_fixed", keep=(chunk,), callback=chunk._unbusy)
         if not region.fixed:
-            return self._push(h, lib.txu_prep_read, _fd(fd), chunk._ptr, n, _offset(offset))
-        self._require("read_fixed")
-        return self._push(h, lib.txu_prep_read_fixed, _fd(fd), chunk._ptr, n,
-                          _offset(offset), region.buf_index)
+            h = self._push(h, lib.txu_prep_read, _fd(fd), chunk._ptr, n, _offset(offset))
+        else:
+            self._require("read_fixed")
+            h = self._push(h, lib.txu_prep_read_fixed, _fd(fd), chunk._ptr, n,
+                           _offset(offset), region.buf_index)
+        chunk._busy += 1
+        return h
 
     def write_fixed(self, fd, chunk, offset=-1, nbytes=None):
         """IORING_OP_WRITE_FIXED (5.1): pwrite(2) from a registered-buffer chunk."""
         region = self._chunk_region(chunk)
         n = _length(chunk.length, nbytes)
-        h = self._new_handle("write_fixed", keep=(chunk,))
+        h = self._new_handle("write_fixed", keep=(chunk,), callback=chunk._unbusy)
         if not region.fixed:
-            return self._push(h, lib.txu_prep_write, _fd(fd), chunk._ptr, n, _offset(offset))
-        self._require("write_fixed")
-        return self._push(h, lib.txu_prep_write_fixed, _fd(fd), chunk._ptr, n,
-                          _offset(offset), region.buf_index)
+            h = self._push(h, lib.txu_prep_write, _fd(fd), chunk._ptr, n, _offset(offset))
+        else:
+            self._require("write_fixed")
+            h = self._push(h, lib.txu_prep_write_fixed, _fd(fd), chunk._ptr, n,
+                           _offset(offset), region.buf_index)
+        chunk._busy += 1
+        return h
 
     read_chunk = read_fixed
     write_chunk = write_fixed
@@ -676,6 +683,7 @@ class Operations:
         msg.msg_namelen = ffi.sizeof("struct sockaddr_storage")
         keep += [msg, storage]
         max_fds = _nonneg(max_fds, "max_fds")
+        control = None
         if max_fds:
             control = ffi.new("char[]", lib.txu_cmsg_space_fds(max_fds))
             keep.append(control)
@@ -683,8 +691,10 @@ class Operations:
             msg.msg_controllen = len(control)
 
         def convert(res):
+            # Runs after the Handle dropped its keep list: this closure must hold
+            # everything it reads (msg, storage, and the control buffer msg points to).
             fds = []
-            if max_fds and msg.msg_controllen:
+            if control is not None and msg.msg_controllen:
                 out = ffi.new("int[]", max_fds)
                 found = lib.txu_cmsg_get_fds(msg, out, max_fds)
                 fds = list(out)[:min(found, max_fds)]

@@ -157,6 +157,7 @@ class Ring(Operations):
             ext_arg and self.features & FEAT_EXT_ARG)
         self._disabled = bool(start_disabled)
         self.on_pending = on_pending
+        self._pending_notified = False  # on_pending was called since the last submit
         self._ids = itertools.count(1)
         self._handles = {}
         self._backlog = deque()
@@ -176,6 +177,8 @@ class Ring(Operations):
         # With TASKRUN_FLAG the kernel says when an enter is needed to post CQEs.
         self._taskrun_flag = bool(self.setup_flags & SETUP_TASKRUN_FLAG)
         self._supported = self._probe()
+        #: op names the kernel has: one set lookup per op call (see Operations._require)
+        self._ops_ok = frozenset(name for name in OPCODES if self.op_supported(name))
         _live_rings.add(self)
 
     # ---- setup and teardown ----
@@ -298,8 +301,11 @@ class Ring(Operations):
 
     # ---- queueing SQEs ----
 
-    def _new_handle(self, op, **kw):
-        return Handle(next(self._ids), op, **kw)
+    def _new_handle(self, op, keep=(), convert=None, release=None, callback=None,
+                    filename=None, filename2=None, ok_errnos=()):
+        # Explicit parameters, passed on positionally: no kwargs dict per op.
+        return Handle(next(self._ids), op, keep, convert, release, callback, filename,
+                      filename2, ok_errnos)
 
     def _push(self, handle, prep, *args):
         """
@@ -320,8 +326,8 @@ class Ring(Operations):
                 self.submit()  # the SQ is full: give it to the kernel to make room
         else:
             handle.state = SUBMITTED
-        if self.on_pending is not None and lib.txu_sq_unpublished(self._r) + len(
-                self._backlog) == 1:
+        if self.on_pending is not None and not self._pending_notified:
+            self._pending_notified = True
             self.on_pending()
         return handle
 
@@ -368,6 +374,12 @@ class Ring(Operations):
             len(h) if isinstance(h, list) else 1 for h, _, _, _ in self._backlog)
 
     @property
+    def cq_ready(self):
+        """CQEs posted and not yet harvested (no system call: with DEFER_TASKRUN, more
+        may be waiting for the next enter)."""
+        return lib.txu_cq_ready(self._r)
+
+    @property
     def active_ops(self):
         """Ops started and not yet finished (final CQE not yet dispatched)."""
         return len(self._handles)
@@ -405,6 +417,7 @@ class Ring(Operations):
         """
         if self._closed or self._forked or self._disabled:
             self._enable()
+        self._pending_notified = False
         r = self._r
         total = 0
         while True:
@@ -433,6 +446,7 @@ class Ring(Operations):
         """
         if self._closed or self._forked or self._disabled:
             self._enable()
+        self._pending_notified = False
         if self._backlog:
             self._fill_from_backlog()
         if timeout is None:
@@ -456,6 +470,10 @@ class Ring(Operations):
         fire). Returns the number of CQEs dispatched. Reentrant calls (from a callback)
         return 0.
         """
+        if self._forked:
+            # The CQ mapping is shared with the parent: harvesting here would steal
+            # the parent's completions.
+            self._check_usable()
         if self._dispatching or self._closed:
             return 0
         self._dispatching = True
@@ -674,7 +692,8 @@ class _Chain:
             ring._handles[h.user_data] = h
             h.state = QUEUED
         ring._backlog.append((chain, None, None, 0))
-        if ring.on_pending is not None:
+        if ring.on_pending is not None and not ring._pending_notified:
+            ring._pending_notified = True
             ring.on_pending()
         if not ring._disabled:
             ring._fill_from_backlog()
