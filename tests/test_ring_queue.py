@@ -49,3 +49,26 @@ def test_queued_ops_run_in_fifo_order_through_a_ring_of_depth_one():
         assert [h.user_data for h in handles] == sorted(set(h.user_data for h in handles))
     finally:
         ring.exit()
+
+
+def test_out_of_range_arguments_fail_at_the_call_and_leave_nothing_behind(tmp_path):
+    ring = txuring.Ring(1, start_disabled=True)
+    try:
+        ring.noop()  # fills the SQ: the next ops would wait in the overflow queue
+        with open(tmp_path / "f", "wb") as f:
+            for bad in (lambda: ring.fallocate(f.fileno(), 0, 2**63),
+                        lambda: ring.ftruncate(f.fileno(), -1),
+                        lambda: ring.read(f.fileno(), bytearray(1), offset=2**64),
+                        lambda: ring.poll_add(f.fileno(), 2**40),
+                        lambda: ring.socket(2**31, 1)):
+                try:
+                    bad()
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError("accepted an out-of-range argument")
+        assert ring.active_ops == 1
+        drive(ring)
+        assert ring.active_ops == 0
+    finally:
+        ring.exit()

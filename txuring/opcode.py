@@ -116,6 +116,8 @@ _TIMEOUT_CLOCKS = {"monotonic": 0, "boottime": 1 << 2, "realtime": 1 << 3}
 SEND_ZC_REPORT_USAGE = 1 << 3
 
 IOV_MAX = 1024
+_INT_MAX = 2**31 - 1
+_LOFF_MAX = 2**63 - 1  # file offsets and lengths are loff_t in the kernel
 # Default arguments of methods defined after Operations.socket, which shadows the module.
 _SOMAXCONN = socket.SOMAXCONN
 _SOCK_CLOEXEC = socket.SOCK_CLOEXEC
@@ -136,7 +138,7 @@ def _path(path, what="path"):
 def _fd(fd):
     if hasattr(fd, "fileno"):
         fd = fd.fileno()
-    if not isinstance(fd, int) or fd < 0:
+    if not isinstance(fd, int) or not 0 <= fd <= _INT_MAX:
         raise ValueError("a file descriptor must be an int >= 0, not %r" % (fd,))
     return fd
 
@@ -148,15 +150,22 @@ def _dir_fd(dir_fd):
 def _offset(offset):
     if offset is None or offset == -1:
         return _CURRENT_POSITION
-    if not isinstance(offset, int) or offset < 0:
-        raise ValueError("offset must be an int >= 0, or -1 for the file position")
+    if not isinstance(offset, int) or not 0 <= offset <= _LOFF_MAX:
+        raise ValueError("offset must be an int from 0 to 2**63-1, or -1 for the file "
+                         "position, not %r" % (offset,))
     return offset
 
 
-def _nonneg(value, what):
-    if not isinstance(value, int) or value < 0:
-        raise ValueError("%s must be an int >= 0, not %r" % (what, value))
+def _nonneg(value, what, limit=_INT_MAX):
+    """An int in 0..limit (default: what a C int holds), or ValueError at the call."""
+    if not isinstance(value, int) or not 0 <= value <= limit:
+        raise ValueError("%s must be an int from 0 to %d, not %r" % (what, limit, value))
     return value
+
+
+def _splice_offset(offset, what):
+    """-1 (None too): the fd's own position, as pipes require; else an offset."""
+    return -1 if offset in (None, -1) else _nonneg(offset, what, _LOFF_MAX)
 
 
 def _flags(value, allowed, what):
@@ -406,7 +415,7 @@ class Operations:
         self._require("fsync")
         flags = IORING_FSYNC_DATASYNC if datasync else 0
         return self._push(self._new_handle("fsync"), lib.txu_prep_fsync, _fd(fd), flags,
-                          _nonneg(offset, "offset"), _length(_U32_MAX, length))
+                          _nonneg(offset, "offset", _LOFF_MAX), _length(_U32_MAX, length))
 
     def fdatasync(self, fd, *, offset=0, length=0):
         """IORING_OP_FSYNC with IORING_FSYNC_DATASYNC (5.1): fdatasync(2)."""
@@ -416,14 +425,14 @@ class Operations:
         """IORING_OP_FALLOCATE (5.6): fallocate(2)."""
         self._require("fallocate")
         return self._push(self._new_handle("fallocate"), lib.txu_prep_fallocate, _fd(fd),
-                          _nonneg(mode, "mode"), _nonneg(offset, "offset"),
-                          _nonneg(length, "length"))
+                          _nonneg(mode, "mode"), _nonneg(offset, "offset", _LOFF_MAX),
+                          _nonneg(length, "length", _LOFF_MAX))
 
     def ftruncate(self, fd, length):
         """IORING_OP_FTRUNCATE (6.9): ftruncate(2)."""
         self._require("ftruncate")
         return self._push(self._new_handle("ftruncate"), lib.txu_prep_ftruncate, _fd(fd),
-                          _nonneg(length, "length"))
+                          _nonneg(length, "length", _LOFF_MAX))
 
     def statx(self, path, *, dir_fd=None, flags=0, mask=STATX_BASIC_STATS | STATX_BTIME,
               follow_symlinks=True):
@@ -507,9 +516,8 @@ class Operations:
         """
         self._require("splice")
         return self._push(self._new_handle("splice"), lib.txu_prep_splice, _fd(fd_in),
-                          -1 if offset_in in (None, -1) else _nonneg(offset_in, "offset_in"),
-                          _fd(fd_out),
-                          -1 if offset_out in (None, -1) else _nonneg(offset_out, "offset_out"),
+                          _splice_offset(offset_in, "offset_in"), _fd(fd_out),
+                          _splice_offset(offset_out, "offset_out"),
                           _length(_U32_MAX, nbytes), _nonneg(flags, "flags"))
 
     def tee(self, fd_in, fd_out, nbytes, *, flags=0):

@@ -317,15 +317,18 @@ class Ring(Operations):
         if self._linking is not None:
             self._linking.append((handle, prep, args))
             return handle
-        self._handles[handle.user_data] = handle
         if self._backlog or prep(self._r, *args, handle.user_data, 0) == -errno.EBUSY:
+            # (A prep that raises, cffi refusing an argument, leaves nothing behind:
+            # the handle is registered only after it.)
             handle.state = QUEUED
-            self._backlog.append((handle, prep, args, 0))
+            self._backlog.append((handle, prep, args))
             self._backlogged += 1
+            self._handles[handle.user_data] = handle
             if not self._disabled and len(self._backlog) == 1:
                 self.submit()  # the SQ is full: give it to the kernel to make room
         else:
             handle.state = SUBMITTED
+            self._handles[handle.user_data] = handle
         if self.on_pending is not None and not self._pending_notified:
             self._pending_notified = True
             self.on_pending()
@@ -336,21 +339,33 @@ class Ring(Operations):
         backlog = self._backlog
         r = self._r
         while backlog:
-            handle, prep, args, sqe_flags = backlog[0]
-            chain = handle if isinstance(handle, list) else None
-            if chain is not None:
+            handle, prep, args = backlog[0]
+            if prep is None:
                 # A linked chain goes in whole or not at all: a chain split across two
                 # submissions would be cut by the kernel at the first one's end.
+                chain = handle
                 if lib.txu_sq_space(r) < len(chain):
                     return
+                last = len(chain) - 1
                 for i, (h, p, a) in enumerate(chain):
-                    p(r, *a, h.user_data, _IOSQE_IO_LINK if i < len(chain) - 1 else 0)
-                    h.state = SUBMITTED
-            else:
-                if prep(r, *args, handle.user_data, sqe_flags) == -errno.EBUSY:
-                    return
-                handle.state = SUBMITTED
+                    self._prep_queued(h, p, a, _IOSQE_IO_LINK if i < last else 0)
+            elif not self._prep_queued(handle, prep, args, 0):
+                return
             backlog.popleft()
+
+    def _prep_queued(self, handle, prep, args, sqe_flags):
+        """Prepare a queued op's SQE; False if the SQ is full."""
+        try:
+            if prep(self._r, *args, handle.user_data, sqe_flags) == -errno.EBUSY:
+                return False
+        except (TypeError, ValueError, OverflowError):
+            # cffi refused an argument: fail this op alone, not the whole submit.
+            log.err(None, "preparing queued %s" % (handle.op,))
+            self._handles.pop(handle.user_data, None)
+            handle._final(-errno.EINVAL, 0)
+            return True
+        handle.state = SUBMITTED
+        return True
 
     def linked(self):
         """
@@ -371,7 +386,7 @@ class Ring(Operations):
     def sqe_ready(self):
         """Ops prepared in the SQ, or queued behind it, that the kernel has not taken."""
         return lib.txu_sq_ready(self._r) + sum(
-            len(h) if isinstance(h, list) else 1 for h, _, _, _ in self._backlog)
+            len(h) if p is None else 1 for h, p, _ in self._backlog)
 
     @property
     def cq_ready(self):
@@ -588,8 +603,8 @@ class Ring(Operations):
     def cancel_all(self):
         """Cancel every op in flight on this ring (5.19). Deferred of the count."""
         while self._backlog:
-            queued = self._backlog[0][0]
-            self.cancel(queued[0][0] if isinstance(queued, list) else queued)
+            queued, prep, _ = self._backlog[0]
+            self.cancel(queued[0][0] if prep is None else queued)
         return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL, "cancel_all",
                                    count=True)
 
@@ -618,7 +633,7 @@ class Ring(Operations):
         """
         for entry in self._backlog:
             queued = entry[0]
-            if queued is handle or isinstance(queued, list) and any(
+            if queued is handle or entry[1] is None and any(
                     h is handle for h, _, _ in queued):
                 self._backlog.remove(entry)
                 return [h for h, _, _ in queued] if isinstance(queued, list) else [queued]
@@ -691,7 +706,7 @@ class _Chain:
         for h, _, _ in chain:
             ring._handles[h.user_data] = h
             h.state = QUEUED
-        ring._backlog.append((chain, None, None, 0))
+        ring._backlog.append((chain, None, None))
         if ring.on_pending is not None and not ring._pending_notified:
             ring._pending_notified = True
             ring.on_pending()
