@@ -90,9 +90,10 @@ _MAX_QUEUE_DEPTH = 32768
 #: Every open Ring, so that a fork can mark them unusable in the child.
 _live_rings = weakref.WeakSet()
 
-#: Handles of rings garbage-collected with ops in flight: the kernel may still write
-#: into their buffers while it tears the ring down, so they are never freed.
-_orphaned_handles = []
+#: What the ops of rings garbage-collected with ops in flight hold (buffers, iovecs,
+#: paths...): the kernel may still write into them while it tears the ring down, so
+#: they are never freed. Only those objects: not the Handles and their callbacks.
+_orphaned_buffers = []
 
 
 def _after_fork_in_child():
@@ -242,7 +243,7 @@ class Ring(Operations):
         if getattr(self, "_closed", True):
             return
         if self._handles:
-            _orphaned_handles.extend(self._handles.values())
+            _orphaned_buffers.extend(h._keep for h in self._handles.values() if h._keep)
         self._handles = {}
         self._backlog = deque()
         try:
