@@ -556,9 +556,13 @@ def test_op_in_overflow_queue_cancelled_at_once_nothing_submitted(manual, pipe, 
 # ---- full SQ, CQ overflow ----
 
 
+@pytest.mark.parametrize("start_disabled", [False, True])
 @pytest.mark.parametrize("depth", [1, 2, 4])
-def test_full_sq_never_fails_or_reorders(manual, pipe, depth):
-    ring = manual(depth)
+def test_full_sq_never_fails_or_reorders(manual, pipe, depth, start_disabled):
+    # start_disabled: nothing reaches the kernel before the first submit, so thousands
+    # of ops wait in the overflow queue at once (otherwise it rarely holds more than a
+    # few: a full SQ is flushed as soon as it fills).
+    ring = manual(depth, start_disabled=start_disabled)
     assert ring.queue_depth == depth
     r, w = pipe
     order = []
