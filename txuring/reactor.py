@@ -59,7 +59,9 @@ try:
     Ring(1).exit()
 except UringUnavailable as e:
     # twistd --help-reactors shows "!uring" with this reason.
-    raise ImportError("io_uring is unusable here: %s" % (e.strerror or e,)) from e
+    # (No final full stop: twistd adds one after the reason.)
+    raise ImportError("io_uring is unusable here: %s" % (str(e.strerror or e).rstrip("."),)) \
+        from e
 except OSError as e:
     raise ImportError("io_uring could not be set up: %s" % (e,)) from e
 
