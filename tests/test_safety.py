@@ -952,7 +952,7 @@ def test_ext_arg_false_waits_with_timeouts(manual, pipe):
     # Zero timeout: no wait at all.
     t0 = time.monotonic()
     ring.cqe_ready(0)
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 0.5
     # Many timed-out waits: their internal timeouts never reach a Handle.
     for _ in range(20):
         ring.cqe_ready(0.005)
