@@ -21,7 +21,7 @@ typedef unsigned short sa_family_t;
 struct sockaddr { sa_family_t sa_family; ...; };
 struct in_addr { uint32_t s_addr; };
 struct sockaddr_in { sa_family_t sin_family; uint16_t sin_port; struct in_addr sin_addr; ...; };
-struct in6_addr { unsigned char s6_addr[16]; };
+struct in6_addr { unsigned char s6_addr[16]; ...; };  /* glibc: a union, 4-aligned */
 struct sockaddr_in6 {
     sa_family_t sin6_family; uint16_t sin6_port; uint32_t sin6_flowinfo;
     struct in6_addr sin6_addr; uint32_t sin6_scope_id; ...;

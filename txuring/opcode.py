@@ -178,7 +178,7 @@ def _writable(buf, nbytes, op):
     """A cffi view of a writable buffer (kept in the Handle) and the length to use."""
     try:
         cbuf = ffi.from_buffer(buf, require_writable=True)
-    except TypeError:
+    except (TypeError, BufferError):  # BufferError: a read-only view (memoryview of bytes)
         raise TypeError("%s needs a writable buffer (bytearray, memoryview of one, "
                         "mmap, array), not %s" % (op, type(buf).__name__)) from None
     return cbuf, _length(len(cbuf), nbytes)

@@ -336,6 +336,28 @@ static int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete,
 }
 
 /*
+ * CQEs ready for the caller. Without EXT_ARG a wait is bounded by a timeout SQE whose
+ * CQE (TXU_UD_WAIT_TIMEOUT) wakes the wait: consume those at the head of the CQ, so a
+ * wait that only timed out reports 0 (harvest() would drop them anyway).
+ */
+static unsigned cq_ready_for_caller(struct txu_ring *r)
+{
+    unsigned head = *r->cq_khead;
+    unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
+    unsigned start = head;
+    if (!r->wait_timeouts_pending)
+        return tail - head;
+    while (head != tail && r->cqes[head & r->cq_mask].user_data == TXU_UD_WAIT_TIMEOUT) {
+        head++;
+        if (r->wait_timeouts_pending)
+            r->wait_timeouts_pending--;
+    }
+    if (head != start)
+        __atomic_store_n(r->cq_khead, head, __ATOMIC_RELEASE);
+    return tail - head;
+}
+
+/*
  * The loop's wait, the one io_uring_enter of an iteration: submit what is prepared and
  * wait up to timeout_ns (< 0: no limit, 0: do not wait) for a completion.
  * Returns the number of CQEs ready, or -errno (-EINTR: a signal arrived).
@@ -347,7 +369,7 @@ static int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete,
  */
 static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag)
 {
-    unsigned ready = txu_cq_ready(r);
+    unsigned ready = cq_ready_for_caller(r);
     int pending = r->sqe_tail != r->sqe_head;
     int ret;
 
@@ -357,7 +379,7 @@ static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, i
             if (ret < 0 && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN)
                 return ret;
         }
-        return (int)txu_cq_ready(r);
+        return (int)cq_ready_for_caller(r);
     }
     if (timeout_ns == 0) {
         if (!pending && taskrun_flag &&
@@ -370,7 +392,7 @@ static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, i
     /* ETIME: timed out. EBUSY/EAGAIN: CQEs are backed up; the caller harvests them. */
     if (ret < 0 && ret != -ETIME && ret != -EBUSY && ret != -EAGAIN)
         return ret;
-    return (int)txu_cq_ready(r);
+    return (int)cq_ready_for_caller(r);
 }
 
 /* ---- completion ---- */
