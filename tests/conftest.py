@@ -63,11 +63,6 @@ def ring(make_ring):
     return make_ring()
 
 
-def result(ring, handle):
-    """Block (running the reactor) until the op is done; its result or raise."""
-    return pytest_twisted.blockon(ring.syscall_result(handle))
-
-
 # ---- tests/conformance: Twisted's reactor suite, run by tests/test_conformance.py ----
 
 _CONFORMANCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")

@@ -57,6 +57,7 @@ class Handle:
         "_waiters",
         "_zc_result",
         "_ok_errnos",
+        "_released",
         "__weakref__",
     )
 
@@ -85,6 +86,7 @@ class Handle:
         self._waiters = None
         self._zc_result = None
         self._ok_errnos = ok_errnos
+        self._released = False  # the result was released (an fd closed): gone for good
 
     def __repr__(self):
         return "<Handle %s #%d %s result=%r>" % (
@@ -135,10 +137,23 @@ class Handle:
                 taken = True
                 d.callback(outcome)
         if not taken and self._release is not None and not isinstance(outcome, Failure):
+            self._released = True
             try:
                 self._release(outcome)
             except Exception:
                 log.err(None, "releasing the result of a cancelled %s" % (self.op,))
+
+    def _answer_again(self):
+        """A Deferred of the outcome of a finished op (a later syscall_result call)."""
+        d = Deferred()
+        if self._released:
+            # Its fd was closed when every earlier waiter cancelled: the number may
+            # already name another file, so it is never handed out.
+            d.errback(Failure(CancelledError(
+                "%s was cancelled and its result released" % (self.op,))))
+        else:
+            self._answer([d], self.result)
+        return d
 
     def _add_waiter(self, ring):
         d = Deferred(lambda d: self._cancel_waiter(d, ring))

@@ -208,6 +208,13 @@ class Ring(Operations):
         reason = errors.explain_setup_errno(-err)
         if reason is not None:
             raise errors.UringUnavailable(-err, reason)
+        if err == -errno.ENOMEM:
+            # Not "unavailable": a resource limit, named so it can be raised.
+            raise OSError(errno.ENOMEM,
+                              "io_uring_setup: not enough locked memory for a ring of %d "
+                              "entries; ring memory counts against RLIMIT_MEMLOCK "
+                              "(ulimit -l) for processes without CAP_IPC_LOCK: raise it, "
+                              "or ask for a smaller queue_depth" % (queue_depth,))
         raise errors.error_of_errno(err)
 
     def _probe(self):
@@ -572,9 +579,7 @@ class Ring(Operations):
         result the op produced anyway (an fd) is closed rather than leaked.
         """
         if handle.state == DONE:
-            d = Deferred()
-            handle._answer([d], handle.result)
-            return d
+            return handle._answer_again()
         return handle._add_waiter(self)
 
     def cancel(self, handle):
@@ -699,11 +704,16 @@ class _Chain:
     def __exit__(self, exc_type, exc, tb):
         ring = self._ring
         chain, ring._linking = ring._linking, None
+        if chain and (exc_type is not None or len(chain) > ring.queue_depth):
+            # The chain never reaches the kernel: its ops end here, as cancelled, so
+            # their waiters and callbacks (a Region chunk's busy count) hear of it.
+            for h, _, _ in chain:
+                h._final(-errno.ECANCELED, 0)
+            if exc_type is None:
+                raise ValueError("a linked chain of %d ops does not fit a ring of depth %d"
+                                 % (len(chain), ring.queue_depth))
         if exc_type is not None or not chain:
             return False
-        if len(chain) > ring.queue_depth:
-            raise ValueError("a linked chain of %d ops does not fit a ring of depth %d"
-                             % (len(chain), ring.queue_depth))
         for h, _, _ in chain:
             ring._handles[h.user_data] = h
             h.state = QUEUED

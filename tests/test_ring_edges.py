@@ -1,0 +1,168 @@
+"""
+Edges of the Ring API: the overflow queue (FIFO order, linked chains kept whole, cancel
+before submission), argument checks, a chain abandoned by an exception, results
+released after a cancel, and the ring's own memory limit.
+"""
+
+import errno
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from twisted.internet.defer import CancelledError
+
+import txuring
+
+
+def drive(ring):
+    """Submit and harvest until nothing is in flight (no reactor)."""
+    while ring.active_ops:
+        ring.cqe_ready(1.0)
+        ring.fill_completions()
+
+
+def test_cancelling_one_op_of_a_queued_chain_removes_the_whole_chain():
+    # start_disabled: nothing is submitted until this thread drives the ring, so the
+    # chain is certain to wait in the overflow queue behind a full SQ.
+    ring = txuring.Ring(2, start_disabled=True)
+    try:
+        first, second = ring.noop(), ring.noop()
+        with ring.linked():
+            head = ring.noop()
+            tail = ring.timeout(10)
+        assert head.state == tail.state == 0  # QUEUED
+        submitted_before = ring.stats()["submitted"]
+        cancelled = ring.cancel(tail)
+        assert cancelled.called
+        assert head.done and head.result == -errno.ECANCELED
+        assert tail.done and tail.result == -errno.ECANCELED
+        drive(ring)
+        assert first.result == second.result == 0
+        # Only the two noops reached the kernel; the 10 s timeout never did.
+        assert ring.stats()["submitted"] - submitted_before == 2
+    finally:
+        ring.exit()
+
+
+def test_queued_ops_run_in_fifo_order_through_a_ring_of_depth_one():
+    ring = txuring.Ring(1)
+    try:
+        order = []
+        handles = []
+        for i in range(200):
+            h = ring.noop()
+            ring.syscall_result(h).addCallback(lambda _, i=i: order.append(i))
+            handles.append(h)
+        drive(ring)
+        assert order == list(range(200))
+        assert [h.user_data for h in handles] == sorted(set(h.user_data for h in handles))
+    finally:
+        ring.exit()
+
+
+def test_out_of_range_arguments_fail_at_the_call_and_leave_nothing_behind(tmp_path):
+    ring = txuring.Ring(1, start_disabled=True)
+    try:
+        ring.noop()  # fills the SQ: the next ops would wait in the overflow queue
+        with open(tmp_path / "f", "wb") as f:
+            for bad in (lambda: ring.fallocate(f.fileno(), 0, 2**63),
+                        lambda: ring.ftruncate(f.fileno(), -1),
+                        lambda: ring.read(f.fileno(), bytearray(1), offset=2**64),
+                        lambda: ring.poll_add(f.fileno(), 2**40),
+                        lambda: ring.socket(2**31, 1)):
+                try:
+                    bad()
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError("accepted an out-of-range argument")
+        assert ring.active_ops == 1
+        drive(ring)
+        assert ring.active_ops == 0
+    finally:
+        ring.exit()
+
+
+def test_a_linked_block_that_raises_ends_its_ops_as_cancelled():
+    ring = txuring.Ring(4)
+    try:
+        region = txuring.Region(ring, 2, 4096)
+        chunk = region.alloc()
+        r, w = os.pipe()
+        with pytest.raises(KeyError):
+            with ring.linked():
+                h = ring.read_fixed(r, chunk)
+                raise KeyError("abandoned")
+        assert h.done and h.result == -errno.ECANCELED
+        assert ring.active_ops == 0
+        chunk.free()  # not busy: no op will ever write into it
+        region.close()
+        os.close(r)
+        os.close(w)
+    finally:
+        ring.exit()
+
+
+def test_a_result_released_after_cancel_is_never_handed_out_later():
+    ring = txuring.Ring(4)
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        handle = ring.accept(listener.fileno())
+        d = ring.syscall_result(handle)
+        errors = []
+        d.addErrback(errors.append)
+        # The connection waits in the backlog before the accept is submitted, so the
+        # accept succeeds inline, ahead of its cancel (which then finds nothing).
+        client = socket.create_connection(listener.getsockname())
+        d.cancel()
+        drive(ring)
+        assert errors and errors[0].check(CancelledError)
+        assert handle.result >= 0
+        # The accepted fd was closed for the cancelled waiter: its number must not be
+        # handed to a later caller (it may name another file by now).
+        with pytest.raises(OSError):
+            os.fstat(handle.result)
+        again = []
+        ring.syscall_result(handle).addBoth(again.append)
+        assert again[0].check(CancelledError)
+        client.close()
+    finally:
+        listener.close()
+        ring.exit()
+
+
+_ENOMEM_CHILD = textwrap.dedent("""
+    import errno, os, resource, sys
+    sys.path.insert(0, sys.argv[1])
+    import txuring
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)  # nobody: without CAP_IPC_LOCK the limit applies
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+    try:
+        txuring.Ring(4096)
+    except txuring.UringUnavailable as e:
+        print("UNAVAILABLE", e)
+    except OSError as e:
+        print("OSERROR", e.errno, e)
+    else:
+        print("CREATED")
+""")
+
+
+def test_a_ring_refused_for_locked_memory_says_which_limit():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody with a zero RLIMIT_MEMLOCK")
+    src = os.path.dirname(os.path.dirname(os.path.abspath(txuring.__file__)))
+    out = subprocess.run([sys.executable, "-c", _ENOMEM_CHILD, src], capture_output=True,
+                         text=True, timeout=60, cwd="/").stdout
+    if out.startswith("CREATED"):
+        pytest.skip("this kernel does not count ring memory against RLIMIT_MEMLOCK "
+                    "(it does since 6.13)")
+    assert out.startswith("OSERROR %d" % errno.ENOMEM), out
+    assert "RLIMIT_MEMLOCK" in out
