@@ -721,37 +721,10 @@ def test_fork_child_cannot_use_the_ring_parent_unaffected(manual, pipe):
 
 # ---- io_uring refused ----
 
-_SECCOMP_CHILD = textwrap.dedent("""
-    import ctypes, errno, sys
-    ERR = int(sys.argv[1])
-    libc = ctypes.CDLL(None, use_errno=True)
+_SECCOMP_EXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_exec.py")
 
-    class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
-                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
-
-    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-    AUDIT_ARCH_X86_64 = 0xC000003E
-    SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
-    NR_IO_URING_SETUP = 425
-    prog = [
-        SockFilter(BPF_LD_W_ABS, 0, 0, 4),                      # seccomp_data.arch
-        SockFilter(BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),         # other arch: allow
-        SockFilter(BPF_LD_W_ABS, 0, 0, 0),                      # seccomp_data.nr
-        SockFilter(BPF_JEQ_K, 0, 1, NR_IO_URING_SETUP),
-        SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | ERR),
-        SockFilter(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-    ]
-    arr = (SockFilter * len(prog))(*prog)
-    fprog = SockFprog(len(prog), arr)
-    PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
-    assert libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        print("NOSECCOMP", ctypes.get_errno())
-        sys.exit(3)
+_REFUSED_CHILD = textwrap.dedent("""
+    import sys
     import txuring
     try:
         txuring.Ring(8)
@@ -773,8 +746,8 @@ def test_io_uring_refused_by_seccomp(err):
         if os.path.exists("/proc/sys/kernel/io_uring_disabled") else "0"
     if err == errno.EPERM and disabled != "0":
         pytest.skip("kernel.io_uring_disabled=%s changes the EPERM message" % (disabled,))
-    proc = subprocess.run([sys.executable, "-c", _SECCOMP_CHILD, str(err)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, _SECCOMP_EXEC, str(err), sys.executable, "-c",
+                           _REFUSED_CHILD], capture_output=True, text=True, timeout=60)
     if proc.returncode == 3:
         pytest.skip("cannot install a seccomp filter here: %s" % (proc.stdout,))
     assert proc.returncode == 0, proc.stdout + proc.stderr
