@@ -7,9 +7,11 @@ the test it is drained, checked for leftovers, and closed.
 """
 
 import os
+import time
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer, task
 
 import txuring
 
@@ -27,6 +29,16 @@ def _is_open(fd):
     except OSError:
         return False
     return True
+
+
+@defer.inlineCallbacks
+def wait_until(reactor, condition, timeout=5.0):
+    """Let the reactor run until C{condition()} is true (fail after C{timeout})."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within %s s" % (timeout,))
+        yield task.deferLater(reactor, 0.001, lambda: None)
 
 
 @pytest.fixture

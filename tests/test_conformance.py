@@ -25,7 +25,6 @@ Each module's counts per reactor, and its runtime, are printed in the terminal s
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/conformance/test_tcp.py
 """
 
-import os
 import subprocess
 import sys
 import time

@@ -19,7 +19,7 @@ from twisted.internet import defer, task, threads
 import txuring
 from txuring.handle import Handle
 
-from conftest import open_fds
+from conftest import open_fds, wait_until
 
 F_MORE = 1 << 1  # IORING_CQE_F_MORE
 F_NOTIF = 1 << 3  # IORING_CQE_F_NOTIF
@@ -28,16 +28,6 @@ F_NOTIF = 1 << 3  # IORING_CQE_F_NOTIF
 def _need(ring, op):
     if not ring.op_supported(op):
         pytest.skip("this kernel lacks io_uring op %r" % (op,))
-
-
-@defer.inlineCallbacks
-def wait_until(reactor, condition, timeout=5.0):
-    """Let the reactor run until C{condition()} is true (fail after C{timeout})."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %s s" % (timeout,))
-        yield task.deferLater(reactor, 0.001, lambda: None)
 
 
 def tcp_pair():

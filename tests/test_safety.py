@@ -32,7 +32,7 @@ import txuring
 from txuring._core import ffi
 from txuring.handle import DONE, QUEUED
 
-from conftest import open_fds
+from conftest import open_fds, wait_until
 
 
 class Buf(bytearray):
@@ -57,15 +57,6 @@ def settle(ring, timeout=5.0):
 def collected(ref):
     gc.collect()
     return ref() is None
-
-
-@defer.inlineCallbacks
-def wait_until(reactor, condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %s s" % (timeout,))
-        yield task.deferLater(reactor, 0.001, lambda: None)
 
 
 @pytest.fixture

@@ -356,30 +356,25 @@ class Operations:
         ring's registered buffer (no page pinning per op). Result: bytes read.
         Falls back to a plain read where the region could not be registered.
         """
-        region = self._chunk_region(chunk)
-        n = _length(chunk.length, nbytes)
-        # The chunk is busy until the final CQE: Region.free refuses it meanwhile.
-        h = self._new_handle("read_fixed", keep=(chunk,), callback=chunk._unbusy)
-        if not region.fixed:
-            h = self._push(h, lib.txu_prep_read, _fd(fd), chunk._ptr, n, _offset(offset))
-        else:
-            self._require("read_fixed")
-            h = self._push(h, lib.txu_prep_read_fixed, _fd(fd), chunk._ptr, n,
-                           _offset(offset), region.buf_index)
-        chunk._busy += 1
-        return h
+        return self._fixed_op("read_fixed", lib.txu_prep_read, lib.txu_prep_read_fixed,
+                              fd, chunk, offset, nbytes)
 
     def write_fixed(self, fd, chunk, offset=-1, nbytes=None):
         """IORING_OP_WRITE_FIXED (5.1): pwrite(2) from a registered-buffer chunk."""
+        return self._fixed_op("write_fixed", lib.txu_prep_write, lib.txu_prep_write_fixed,
+                              fd, chunk, offset, nbytes)
+
+    def _fixed_op(self, op, plain_prep, fixed_prep, fd, chunk, offset, nbytes):
         region = self._chunk_region(chunk)
         n = _length(chunk.length, nbytes)
-        h = self._new_handle("write_fixed", keep=(chunk,), callback=chunk._unbusy)
-        if not region.fixed:
-            h = self._push(h, lib.txu_prep_write, _fd(fd), chunk._ptr, n, _offset(offset))
+        # The chunk is busy until the final CQE: Region.free refuses it meanwhile.
+        h = self._new_handle(op, keep=(chunk,), callback=chunk._unbusy)
+        if region.fixed:
+            self._require(op)
+            self._push(h, fixed_prep, _fd(fd), chunk._ptr, n, _offset(offset),
+                       region.buf_index)
         else:
-            self._require("write_fixed")
-            h = self._push(h, lib.txu_prep_write_fixed, _fd(fd), chunk._ptr, n,
-                           _offset(offset), region.buf_index)
+            self._push(h, plain_prep, _fd(fd), chunk._ptr, n, _offset(offset))
         chunk._busy += 1
         return h
 
