@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from twisted.internet.defer import CancelledError
@@ -166,3 +167,41 @@ def test_a_ring_refused_for_locked_memory_says_which_limit():
                     "(it does since 6.13)")
     assert out.startswith("OSERROR %d" % errno.ENOMEM), out
     assert "RLIMIT_MEMLOCK" in out
+
+
+def test_sqpoll_ring_runs_ops_through_its_kernel_thread(tmp_path):
+    # polling_timeout=1: the SQ thread sleeps after 1 ms idle, so the waits below also
+    # cover waking it (IORING_SQ_NEED_WAKEUP -> IORING_ENTER_SQ_WAKEUP).
+    ring = txuring.Ring(8, polling_timeout=1)
+    try:
+        assert "SQPOLL" in ring.stats()["setup_flags"]
+        path = tmp_path / "data"
+        path.write_bytes(bytes(range(256)) * 64)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            buffers = [bytearray(256) for _ in range(64)]
+            for round_ in range(3):
+                handles = [ring.read(fd, buf, offset=i * 256)
+                           for i, buf in enumerate(buffers)]
+                drive(ring)
+                assert [h.result for h in handles] == [256] * 64
+                assert all(bytes(b) == bytes(range(256)) for b in buffers)
+                time.sleep(0.01)  # let the SQ thread fall asleep between rounds
+        finally:
+            os.close(fd)
+    finally:
+        ring.exit()
+
+
+def test_has_pending_jobs_follows_an_op_from_queue_to_completion():
+    ring = txuring.Ring(2, start_disabled=True)
+    try:
+        assert not ring.has_pending_jobs()
+        handles = [ring.noop() for _ in range(3)]  # two in the SQ, one queued behind
+        assert ring.has_pending_jobs()
+        assert ring.sqe_ready == 3
+        drive(ring)
+        assert all(h.result == 0 for h in handles)
+        assert not ring.has_pending_jobs() and ring.sqe_ready == 0
+    finally:
+        ring.exit()
