@@ -330,8 +330,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         (None: until something happens) for completions; then dispatch them all.
         """
         ring = self.ring
-        ring.cqe_ready(timeout)
-        ring.fill_completions()
+        if ring.cqe_ready(timeout):
+            ring.fill_completions()
 
     doPoll = doIteration
 
