@@ -61,3 +61,38 @@ def test_twistd_lists_uring_as_available_here():
                           timeout=120)
     lines = [line for line in proc.stdout.splitlines() if "uring" in line]
     assert lines and lines[0].lstrip().startswith("uring"), proc.stdout
+
+
+_WHICH_REACTOR = '''
+from twisted.trial import unittest
+
+
+class WhichReactor(unittest.TestCase):
+    def test_reactor_is_uring(self):
+        from twisted.internet import reactor
+        self.assertEqual(type(reactor).__name__, "UringReactor")
+'''
+
+
+def _runner_module(tmp_path):
+    (tmp_path / "test_which_reactor.py").write_text(_WHICH_REACTOR)
+    return tmp_path
+
+
+def test_pytest_reactor_uring_installs_uringreactor(tmp_path):
+    where = _runner_module(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "--reactor=uring", "test_which_reactor.py"],
+        cwd=where, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
+
+
+def test_trial_reactor_uring_installs_uringreactor(tmp_path):
+    where = _runner_module(tmp_path)
+    trial = os.path.join(os.path.dirname(sys.executable), "trial")
+    proc = subprocess.run([trial, "--reactor=uring", "test_which_reactor"], cwd=where,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED" in proc.stdout
