@@ -92,7 +92,8 @@ def test_pytest_reactor_uring_installs_uringreactor(tmp_path):
 def test_trial_reactor_uring_installs_uringreactor(tmp_path):
     where = _runner_module(tmp_path)
     trial = os.path.join(os.path.dirname(sys.executable), "trial")
-    proc = subprocess.run([trial, "--reactor=uring", "test_which_reactor.py"], cwd=where,
+    proc = subprocess.run([trial, "--reactor=uring", "test_which_reactor"], cwd=where,
+                          env=dict(os.environ, PYTHONPATH=str(where)),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED" in proc.stdout
