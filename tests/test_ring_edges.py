@@ -205,3 +205,19 @@ def test_has_pending_jobs_follows_an_op_from_queue_to_completion():
         assert not ring.has_pending_jobs() and ring.sqe_ready == 0
     finally:
         ring.exit()
+
+
+def test_without_ext_arg_a_wait_ended_by_a_completion_leaves_no_timeout_behind():
+    # Before 5.11 a wait is bounded by a timeout SQE; one left pending after its wait
+    # would end a later wait early.
+    ring = txuring.Ring(8, ext_arg=False)
+    try:
+        ring.noop()
+        assert ring.cqe_ready(5.0)
+        ring.fill_completions()
+        assert ring.stats()["wait_timeouts_pending"] == 0
+        started = time.monotonic()
+        assert not ring.cqe_ready(0.2)
+        assert time.monotonic() - started >= 0.19
+    finally:
+        ring.exit()

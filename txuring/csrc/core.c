@@ -321,7 +321,10 @@ static int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete,
             sqe->fd = -1;
             sqe->addr = (uint64_t)(uintptr_t)&r->wait_ts;
             sqe->len = 1;
-            sqe->off = 0; /* 0: fire on time only, not after N completions */
+            /* Count min_complete: the timeout also ends as soon as that many CQEs are
+             * posted, so it never outlives this wait to cut a later one short (the
+             * way liburing bounds waits before EXT_ARG). */
+            sqe->off = min_complete;
             sqe->user_data = TXU_UD_WAIT_TIMEOUT;
             r->wait_timeouts_pending++;
         }
