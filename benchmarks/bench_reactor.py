@@ -187,10 +187,12 @@ def main():
     print()
     rows = []
     for name, workload, kind in workloads:
-        results = {}
-        for label, factory in REACTORS:
-            values = [run_reactor(factory, workload) for _ in range(repeat)]
-            results[label] = values
+        # Repeats alternate between the reactors, so that drift in the machine's load
+        # falls on both sides alike.
+        results = {label: [] for label, _ in REACTORS}
+        for _ in range(repeat):
+            for label, factory in REACTORS:
+                results[label].append(run_reactor(factory, workload))
         if kind == "latency":
             med = {k: summarize(vs)["median"] * 1e6 for k, vs in results.items()}
             rows.append([name + ", lower is better", "%.1f" % med["uring"],

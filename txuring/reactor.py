@@ -82,6 +82,8 @@ class _EventFDWaker(log.Logger):
     """
 
     disconnected = 0
+    #: Marker for UringReactor._arm: doRead drains the fd completely and does nothing
+    #: else, so an edge-triggered multishot poll (a _DrainingPoll) serves it.
     _txuringMultishot = True
 
     def __init__(self):
@@ -132,6 +134,24 @@ class _Poll:
     def __call__(self, res, flags):
         if self.live:
             self.reactor._pollCompleted(self, res, flags)
+
+
+class _DrainingPoll(_Poll):
+    """
+    The multishot poll of a selectable whose doRead only drains its fd (the waker's
+    eventfd): while the poll goes on, a wake-up calls doRead directly, skipping the
+    generic dispatch (logging context, readiness bookkeeping) on the path every
+    callFromThread takes. Its final CQE goes the usual way (re-arm, errors).
+    """
+
+    __slots__ = ()
+
+    def __call__(self, res, flags):
+        if self.live:
+            if flags & CQE_F_MORE and res > 0:
+                self.selectable.doRead()
+            else:
+                self.reactor._pollCompleted(self, res, flags)
 
 
 @implementer(IReactorFDSet)
@@ -279,8 +299,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     # ---- polls on the ring ----
 
     def _arm(self, fd, selectable, direction):
-        poll = _Poll(self, fd, selectable, direction)
         multishot = self._multishotPoll and getattr(selectable, "_txuringMultishot", False)
+        poll = (_DrainingPoll if multishot else _Poll)(self, fd, selectable, direction)
         poll.handle = self.ring.poll_add(fd, direction, multishot=multishot, callback=poll)
         self._polls[fd, direction] = poll
 
