@@ -13,6 +13,7 @@ import faulthandler
 import gc
 import os
 import random
+import select
 import signal
 import socket
 import threading
@@ -788,3 +789,108 @@ def test_close_refuses_a_running_reactor(reactor):
     reactor.callWhenRunning(try_close)
     run(reactor)
     assert len(failures) == 1 and not reactor.ring.closed
+
+
+# ---- optimistic writes on stream sockets ----
+
+
+def _tcp_pair(reactor, server_protocol):
+    """A listening port with server_protocol's factory, and a plain blocking client."""
+    port = reactor.listenTCP(0, Factory.forProtocol(server_protocol), interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port))
+    return port, client
+
+
+def test_a_write_larger_than_the_socket_takes_waits_for_writability_and_arrives_whole():
+    reactor = UringReactor()
+    payload = os.urandom(8 * 1024 * 1024)  # far more than a loopback socket buffers
+    received = bytearray()
+    polled = []
+
+    class Sender(Protocol):
+        def connectionMade(self):
+            self.transport.write(payload)
+            self.transport.loseConnection()
+
+    port, client = _tcp_pair(reactor, Sender)
+
+    def drain():
+        client.setblocking(False)
+        try:
+            while True:
+                chunk = client.recv(1 << 16)
+                if not chunk:
+                    reactor.stop()
+                    return
+                received.extend(chunk)
+        except BlockingIOError:
+            pass
+        # While the client lags, the server's write is parked on a POLLOUT poll.
+        polled.append(any(direction == select.POLLOUT for _, direction in reactor._polls))
+        reactor.callLater(0.002, drain)
+
+    reactor.callLater(0.05, drain)
+    try:
+        run(reactor)
+    finally:
+        client.close()
+        port.stopListening()
+        cleanup(reactor)
+    assert bytes(received) == payload
+    assert any(polled), "the unfinished write never waited on a POLLOUT poll"
+
+
+def test_calls_scheduled_by_an_optimistic_write_run_without_waiting_for_the_next_timer():
+    """
+    An optimistic doWrite that empties the buffer resumes the transport's pull
+    producer, which schedules its next chunk with callLater(0): nothing happens on the
+    ring, so the loop's wait must not sleep until the next (far) timer first.
+    """
+    reactor = UringReactor()
+    chunks = 5
+
+    class Producer:
+        def __init__(self, transport):
+            self.transport = transport
+            self.sent = 0
+
+        def resumeProducing(self):
+            reactor.callLater(0, self.produce)
+
+        def produce(self):
+            self.sent += 1
+            self.transport.write(b"chunk %d;" % (self.sent,))
+            if self.sent == chunks:
+                self.transport.unregisterProducer()
+                self.transport.loseConnection()
+
+        def stopProducing(self):
+            pass
+
+    class Server(Protocol):
+        def connectionMade(self):
+            reactor.callLater(TIMEOUT / 2, lambda: None)  # the far timer
+            self.transport.registerProducer(Producer(self.transport), False)
+
+    port, client = _tcp_pair(reactor, Server)
+    received = bytearray()
+
+    def reader():
+        client.settimeout(TIMEOUT)
+        while True:
+            data = client.recv(100)
+            if not data:
+                break
+            received.extend(data)
+        reactor.callFromThread(reactor.stop)
+
+    reactor.callWhenRunning(threading.Thread(target=reader, daemon=True).start)
+    began = time.monotonic()
+    try:
+        run(reactor)
+    finally:
+        client.close()
+        port.stopListening()
+        cleanup(reactor)
+    assert bytes(received) == b"".join(b"chunk %d;" % (i,) for i in range(1, chunks + 1))
+    assert time.monotonic() - began < TIMEOUT / 2, "the loop slept until the far timer"

@@ -33,6 +33,13 @@ Design, and why:
   - Reading and writing have separate polls, so addWriter on a reading socket is one
     more SQE, not a remove-and-re-add of a combined mask.
 
+  - A stream socket that starts writing (Twisted's tcp.Connection, which UNIX and TLS
+    connections build on) is almost always writable, and its doWrite copes with a
+    socket that is not (writeSomeData answers 0 for EAGAIN). So addWriter on one tries
+    the write at the end of the iteration instead of polling first, and arms a
+    POLLOUT poll only if data is left over: a reply goes out in the iteration that
+    produced it, without a poll's round trip. Other writers are polled first, always.
+
   - A poll holds its own reference to the file: closing an fd behind the reactor's back
     (without removeReader) does not end the poll, as it would not on epoll either; the
     poll ends at the file's next event or when the selectable is removed.
@@ -48,7 +55,7 @@ import select
 
 from zope.interface import implementer
 
-from twisted.internet import posixbase
+from twisted.internet import posixbase, tcp
 from twisted.internet.interfaces import IReactorFDSet
 from twisted.python import log
 
@@ -165,6 +172,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     @ivar _writes: fds registered for writing.
     @ivar _selectables: fd -> the selectable registered for it.
     @ivar _polls: (fd, POLLIN or POLLOUT) -> the L{_Poll} in flight for it.
+    @ivar _tryWrites: (fd, writer) pairs registered since the last pass, whose doWrite
+        is tried before any POLLOUT poll (see the module docstring).
     """
 
     _POLL_DISCONNECTED = _DISCONNECTED
@@ -181,6 +190,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._writes = set()
         self._selectables = {}
         self._polls = {}
+        self._tryWrites = []
         posixbase.PosixReactorBase.__init__(self)
 
     def _wakerFactory(self):
@@ -215,7 +225,11 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             raise ValueError("%r has no file descriptor (fileno() is %d)" % (selectable, fd))
         primary.add(fd)
         self._selectables[fd] = selectable
-        if (fd, direction) not in self._polls:
+        if (fd, direction) in self._polls:
+            return
+        if direction == POLLOUT and isinstance(selectable, tcp.Connection):
+            self._tryWrites.append((fd, selectable))
+        else:
             self._arm(fd, selectable, direction)
 
     def removeReader(self, reader):
@@ -340,18 +354,42 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
         if final and fd in primary and self._selectables.get(fd) is selectable \
                 and (fd, direction) not in self._polls:
-            self._arm(fd, selectable, direction)
+            self._arm(fd, selectable, direction)  # level triggering: poll again
+
+    def _stillWriting(self, fd, writer):
+        return (fd in self._writes and self._selectables.get(fd) is writer
+                and (fd, POLLOUT) not in self._polls)
+
+    def _writeOptimistically(self):
+        """
+        Call doWrite on the stream sockets that started writing since the last pass;
+        those with data left over wait for writability with a poll.
+        """
+        pending, self._tryWrites = self._tryWrites, []
+        for fd, writer in pending:
+            if self._stillWriting(fd, writer):
+                log.callWithLogger(writer, self._doReadOrWrite, writer, fd, POLLOUT)
+                if self._stillWriting(fd, writer):
+                    self._arm(fd, writer, POLLOUT)
 
     # ---- the loop ----
 
     def doIteration(self, timeout):
         """
         One C{io_uring_enter}: submit what is queued and wait up to C{timeout} seconds
-        (None: until something happens) for completions; then dispatch them all.
+        (None: until something happens) for completions; then dispatch them all, and
+        try the writes they started.
         """
         ring = self.ring
+        if self._tryWrites:
+            # Started by timed calls: write now, and do not sleep in the wait, since
+            # those writes may have scheduled calls the timeout did not know about.
+            self._writeOptimistically()
+            timeout = 0
         if ring.cqe_ready(timeout):
             ring.fill_completions()
+        if self._tryWrites:
+            self._writeOptimistically()
 
     doPoll = doIteration
 
