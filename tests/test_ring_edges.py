@@ -221,3 +221,20 @@ def test_without_ext_arg_a_wait_ended_by_a_completion_leaves_no_timeout_behind()
         assert time.monotonic() - started >= 0.19
     finally:
         ring.exit()
+
+
+def test_a_second_driver_on_one_ring_is_refused_and_leaks_nothing():
+    from twisted.internet import reactor
+
+    from conftest import open_fds
+
+    ring = txuring.Ring(4)
+    driver = txuring.RingDriver(ring, reactor)
+    try:
+        before = open_fds()
+        with pytest.raises(OSError):
+            txuring.RingDriver(ring, reactor)  # the kernel takes one eventfd per ring
+        assert open_fds() == before
+    finally:
+        driver.detach()
+        ring.exit()

@@ -20,6 +20,10 @@ class RingDriver:
     """
     Watches C{ring}'s eventfd on C{reactor} and submits/harvests for it.
 
+    The reactor's thread does the submitting: a ring made with SINGLE_ISSUER (the
+    default setup) must have been created in that thread, or with
+    C{start_disabled=True} so that the reactor's thread enables it.
+
     @ivar ring: the driven Ring.
     @ivar reactor: the reactor whose loop drives it.
     """
@@ -28,7 +32,11 @@ class RingDriver:
         self.ring = ring
         self.reactor = reactor
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        ring.register_eventfd(self._eventfd)
+        try:
+            ring.register_eventfd(self._eventfd)  # EBUSY if it has one already
+        except BaseException:
+            os.close(self._eventfd)
+            raise
         self._flush_call = None
         ring.on_pending = self._schedule_flush
         reactor.addReader(self)

@@ -71,9 +71,9 @@ class BufferRing:
             return b""
         bid = flags >> CQE_BUFFER_SHIFT
         start = bid * self.buffer_size
-        data = self._mem[start:start + res] if res > 0 else b""
+        data = bytes(self._view[start:start + res]) if res > 0 else b""  # one copy
         self.provide(bid)
-        return bytes(data)
+        return data
 
     def view(self, res, flags):
         """
