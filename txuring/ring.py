@@ -249,11 +249,11 @@ class Ring(Operations):
     def __del__(self):
         if getattr(self, "_closed", True):
             return
-        if self._handles:
-            _orphaned_buffers.extend(h._keep for h in self._handles.values() if h._keep)
-        self._handles = {}
-        self._backlog = deque()
-        try:
+        try:  # (at interpreter exit, module globals may already be gone)
+            if self._handles:
+                _orphaned_buffers.extend(h._keep for h in self._handles.values() if h._keep)
+            self._handles = {}
+            self._backlog = deque()
             self.exit()
         except Exception:
             pass
