@@ -238,3 +238,113 @@ def test_a_second_driver_on_one_ring_is_refused_and_leaks_nothing():
     finally:
         driver.detach()
         ring.exit()
+
+
+def _idle_polls(ring, count):
+    """count polls on pipes that never become readable; returns the pipes to close."""
+    pipes = [os.pipe() for _ in range(count)]
+    for r, _ in pipes:
+        ring.poll_add(r, 1)  # POLLIN
+    return pipes
+
+
+def _close_pipes(pipes):
+    for r, w in pipes:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_queued_chain_reaches_the_kernel_before_a_blocking_wait():
+    ring = txuring.Ring(4)
+    pipes = _idle_polls(ring, 3)
+    try:
+        # The 3 polls fill 3 of the 4 SQ slots (not yet submitted): the chain needs 2,
+        # so it waits in the overflow queue.
+        with ring.linked():
+            a, b = ring.noop(), ring.noop()
+        assert ring.cqe_ready(3.0)
+        ring.fill_completions()
+        assert a.result == b.result == 0
+    finally:
+        ring.cancel_all()
+        drive(ring)
+        _close_pipes(pipes)
+        ring.exit()
+
+
+def test_a_cancel_inside_a_linked_block_is_not_chained():
+    ring = txuring.Ring(8)
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    try:
+        blocked = ring.read(r2, bytearray(1))
+        answers = []
+        d = ring.syscall_result(blocked)
+        d.addErrback(lambda f: answers.append(f.type))
+        with ring.linked():
+            chained = ring.read(r, bytearray(1))
+            d.cancel()  # its cancel SQE must go out on its own, now
+            timer = ring.link_timeout(0.05)
+        drive(ring)
+        assert answers == [CancelledError]
+        assert chained.result == -errno.ECANCELED  # bounded by the link timeout
+        assert timer.result == -errno.ETIME
+    finally:
+        for fd in (r, w, r2, w2):
+            os.close(fd)
+        ring.exit()
+
+
+def test_cancel_all_without_cancel_any_cancels_op_by_op():
+    ring = txuring.Ring(8)
+    pipes = _idle_polls(ring, 3)
+    try:
+        ring._ops_ok = ring._ops_ok - {"socket"}  # as before 5.19: no CANCEL_ANY
+        count = []
+        ring.cancel_all().addCallback(count.append)
+        drive(ring)
+        assert count == [3] and ring.active_ops == 0
+    finally:
+        _close_pipes(pipes)
+        ring.exit()
+
+
+def test_a_callback_raising_baseexception_does_not_lose_the_rest_of_the_batch():
+    ring = txuring.Ring(8)
+    r, w = os.pipe()
+    try:
+        raised = []
+
+        def interrupting(res, flags):
+            if not raised:
+                raised.append(res)
+                raise KeyboardInterrupt()
+
+        os.write(w, b"x")
+        poll = ring.poll_add(r, 1, multishot=True, callback=interrupting)
+        assert ring.cqe_ready(1.0)  # the poll's CQE is first in the CQ...
+        nops = [ring.noop() for _ in range(4)]
+        ring.submit()  # ...and the noops' come after it, in the same harvest
+        with pytest.raises(KeyboardInterrupt):
+            while True:
+                ring.cqe_ready(1.0)
+                ring.fill_completions()
+        assert all(h.done for h in nops)
+        ring.cancel(poll)
+        drive(ring)
+    finally:
+        os.close(r)
+        os.close(w)
+        ring.exit()
+
+
+def test_openat2_of_a_directory_with_a_mode_opens_it_as_os_open_does(tmp_path):
+    ring = txuring.Ring(4)
+    try:
+        h = ring.openat2(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY, 0o755)
+        drive(ring)
+        assert h.result >= 0
+        assert os.path.samestat(os.fstat(h.result), os.stat(tmp_path))
+        os.close(h.result)
+    finally:
+        ring.exit()

@@ -306,7 +306,10 @@ class Operations:
         p = _path(path)
         how = ffi.new("struct open_how *")
         how.flags = _nonneg(flags, "flags") | os.O_CLOEXEC
-        how.mode = _nonneg(mode, "mode") if flags & (os.O_CREAT | os.O_TMPFILE) else 0
+        # openat2 wants mode 0 unless a file may be created. (Python's O_TMPFILE
+        # includes O_DIRECTORY, so it is tested whole.)
+        creates = flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE
+        how.mode = _nonneg(mode, "mode") if creates else 0
         how.resolve = _flags(resolve, _RESOLVE_ALL, "RESOLVE_*")
         h = self._new_handle("openat2", keep=(p, how), release=close_fd, filename=path)
         return self._push(h, lib.txu_prep_openat2, _dir_fd(dir_fd), p, how)

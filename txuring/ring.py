@@ -211,10 +211,11 @@ class Ring(Operations):
         if err == -errno.ENOMEM:
             # Not "unavailable": a resource limit, named so it can be raised.
             raise OSError(errno.ENOMEM,
-                              "io_uring_setup: not enough locked memory for a ring of %d "
-                              "entries; ring memory counts against RLIMIT_MEMLOCK "
-                              "(ulimit -l) for processes without CAP_IPC_LOCK: raise it, "
-                              "or ask for a smaller queue_depth" % (queue_depth,))
+                              "io_uring_setup: not enough memory for a ring of %d entries. "
+                              "Ring memory counts against RLIMIT_MEMLOCK (ulimit -l) for "
+                              "processes without CAP_IPC_LOCK before Linux 5.12 and again "
+                              "since 6.13, and against the memory cgroup in between: raise "
+                              "the limit, or ask for a smaller queue_depth" % (queue_depth,))
         raise errors.error_of_errno(err)
 
     def _probe(self):
@@ -443,11 +444,16 @@ class Ring(Operations):
         self._pending_notified = False
         r = self._r
         total = 0
+        entered = False
         while True:
-            if self._backlog:
+            queued = len(self._backlog)
+            if queued:
                 self._fill_from_backlog()
-            if not lib.txu_sq_unpublished(r):
+            if not lib.txu_sq_ready(r):  # also SQEs a failed enter left untaken
                 break
+            if entered and queued and len(self._backlog) == queued:
+                break  # the kernel took nothing more (SQPOLL's thread lags): later
+            entered = True
             ret = lib.txu_submit_and_wait(r, 0, -1, self._ext_arg)
             if ret == -errno.EINTR:
                 continue
@@ -471,7 +477,11 @@ class Ring(Operations):
             self._enable()
         self._pending_notified = False
         if self._backlog:
-            self._fill_from_backlog()
+            # Ops waiting in the overflow queue must reach the kernel before a blocking
+            # wait, or the wait could outlast them (an SQ full of idle polls).
+            self.submit()
+            if self._backlog:
+                timeout = 0
         if timeout is None:
             timeout_ns = -1
         elif timeout <= 0:
@@ -517,6 +527,7 @@ class Ring(Operations):
         batch = self._batch
         unpack = ffi.unpack
         total = 0
+        interrupted = None
         # A callback may close the ring (ring.exit() after its last op): never touch
         # the unmapped rings after that.
         while not self._closed:
@@ -532,9 +543,16 @@ class Ring(Operations):
                         handles.pop(ud)._final(res, flags)
                 except Exception:
                     log.err(None, "dispatching a completion (user_data=%d res=%d)" % (ud, res))
-            if n < batch:
+                except BaseException as e:
+                    # KeyboardInterrupt and the like: the CQ head has moved past this
+                    # batch, so dispatch the rest of it before letting it through.
+                    if interrupted is None:
+                        interrupted = e
+            if n < batch or interrupted is not None:
                 break  # the rest (if any) is for the next iteration
         self._completed += total
+        if interrupted is not None:
+            raise interrupted
         return total
 
     def register_eventfd(self, fd):
@@ -590,16 +608,33 @@ class Ring(Operations):
         end soon) count as answered. An op still in the overflow queue is removed and
         ends with ECANCELED at once, and nothing is submitted.
         """
-        if handle.state == DONE:
+        if self._cancelled_locally(handle):
             return succeed(None)
+        return self._submit_cancel(handle.user_data, -1, 0, "cancel")
+
+    def _cancel_quietly(self, handle):
+        """
+        L{cancel} for callers that need no answer (the reactor removing a poll): one
+        cancel SQE, no Deferred. The op still ends with its own final CQE.
+        """
+        if not self._cancelled_locally(handle):
+            self._push_unlinked(self._new_handle("cancel"), lib.txu_prep_cancel,
+                                handle.user_data, -1, 0)
+
+    def _cancelled_locally(self, handle):
+        """
+        Whether C{handle} needs no cancel SQE: it is done, or it was still in the
+        overflow queue and has been ended here with ECANCELED (nothing submitted).
+        """
+        if handle.state == DONE:
+            return True
         if handle.state == QUEUED:
             removed = self._unqueue(handle)
-            if removed:
-                for h in removed:
-                    self._handles.pop(h.user_data, None)
-                    h._final(-errno.ECANCELED, 0)
-                return succeed(None)
-        return self._submit_cancel(handle.user_data, -1, 0, "cancel")
+            for h in removed:
+                self._handles.pop(h.user_data, None)
+                h._final(-errno.ECANCELED, 0)
+            return bool(removed)
+        return False
 
     def cancel_fd(self, fd):
         """Cancel every op on file descriptor C{fd} (5.19). Deferred of the count."""
@@ -607,17 +642,28 @@ class Ring(Operations):
                                    count=True)
 
     def cancel_all(self):
-        """Cancel every op in flight on this ring (5.19). Deferred of the count."""
+        """
+        Cancel every op in flight on this ring. Deferred of the count of ops the
+        kernel cancelled. One request where the kernel matches any op (5.19); one per
+        op before that.
+        """
         while self._backlog:
             queued, prep, _ = self._backlog[0]
             self.cancel(queued[0][0] if prep is None else queued)
-        return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL, "cancel_all",
-                                   count=True)
+        if self.op_supported("socket"):  # IORING_ASYNC_CANCEL_ANY came with 5.19's socket
+            return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL,
+                                       "cancel_all", count=True)
+        targets = [h for h in list(self._handles.values()) if not h.op.startswith("cancel")]
+        for h in targets:
+            self.cancel(h).addErrback(log.err, "cancelling %s" % (h.op,))
+        return succeed(len(targets))
 
     def _submit_cancel(self, target, fd, cancel_flags, op, count=False):
         h = self._new_handle(op)
         d = h._add_waiter(self)
-        self._push(h, lib.txu_prep_cancel, target, fd, cancel_flags)
+        # A cancel never joins a ring.linked() chain that is being built: it would
+        # wait behind the chain's ops (and a link_timeout would bound it, not them).
+        self._push_unlinked(h, lib.txu_prep_cancel, target, fd, cancel_flags)
         ok = (errno.ENOENT, errno.EALREADY)
 
         def answered(result):
@@ -630,6 +676,13 @@ class Ring(Operations):
             return failure
 
         return d.addCallbacks(answered, maybe_ok)
+
+    def _push_unlinked(self, handle, prep, *args):
+        linking, self._linking = self._linking, None
+        try:
+            return self._push(handle, prep, *args)
+        finally:
+            self._linking = linking
 
     def _unqueue(self, handle):
         """
@@ -655,7 +708,7 @@ class Ring(Operations):
         d = Deferred()
         self._drain_waiters.append(d)
         if cancel:
-            self.cancel_all()
+            self.cancel_all().addErrback(log.err, "drain: cancelling every op")
         return d
 
     # ---- stats ----

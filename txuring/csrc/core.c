@@ -268,6 +268,10 @@ static unsigned flush_sq(struct txu_ring *r)
 static unsigned enter_flags(struct txu_ring *r, unsigned flags)
 {
     if (r->setup_flags & IORING_SETUP_SQPOLL) {
+        /* Full barrier between the tail store (flush_sq) and the flags load: else the
+         * SQ thread may set NEED_WAKEUP after reading the old tail and sleep while we
+         * read stale flags and skip the wakeup (liburing's io_uring_smp_mb here). */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
         /* The SQ thread sleeps after sq_thread_idle ms and must then be woken. */
         if (__atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE) & IORING_SQ_NEED_WAKEUP)
             flags |= IORING_ENTER_SQ_WAKEUP;
@@ -373,7 +377,8 @@ static unsigned cq_ready_for_caller(struct txu_ring *r)
 static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag)
 {
     unsigned ready = cq_ready_for_caller(r);
-    int pending = r->sqe_tail != r->sqe_head;
+    /* Not taken by the kernel yet: unpublished, or left by an enter that failed. */
+    int pending = txu_sq_ready(r) != 0;
     int ret;
 
     if (ready) {
