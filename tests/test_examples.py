@@ -89,3 +89,30 @@ def test_echochat_tac_serves_echo_chat_and_status(echochat):
         status = json.load(response)
     assert status["reactor"] == "txuring.reactor.UringReactor"
     assert status["ring"]["completed"] > 0
+
+
+def test_echochat_tac_runs_as_a_daemon(tmp_path):
+    """twistd's default mode forks into the background after building the reactor."""
+    port = free_port()
+    env = dict(os.environ, ECHO_PORT=str(port), CHAT_PORT=str(free_port()),
+               WEB_PORT=str(free_port()))
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    pidfile, logfile = tmp_path / "twistd.pid", tmp_path / "twistd.log"
+    subprocess.run([twistd, "--reactor=uring", "--pidfile", str(pidfile), "--logfile",
+                    str(logfile), "-y", os.path.join(ROOT, "examples", "echochat.tac")],
+                   cwd=tmp_path, env=env, check=True, timeout=60)
+    deadline = time.monotonic() + 20
+    while not pidfile.exists():
+        assert time.monotonic() < deadline, logfile.read_text() if logfile.exists() else ""
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    try:
+        with connect(port, deadline) as echo:
+            echo.sendall(b"from the daemon\n")
+            assert recv_until(echo, b"\n") == b"from the daemon\n"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        while pidfile.exists() and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+    log = logfile.read_text()
+    assert "Server Shut Down." in log and "Traceback" not in log, log

@@ -894,3 +894,38 @@ def test_calls_scheduled_by_an_optimistic_write_run_without_waiting_for_the_next
         cleanup(reactor)
     assert bytes(received) == b"".join(b"chunk %d;" % (i,) for i in range(1, chunks + 1))
     assert time.monotonic() - began < TIMEOUT / 2, "the loop slept until the far timer"
+
+
+def test_more_readers_than_the_ring_holds_registered_before_run_all_get_polled():
+    # UringReactor(4): the 8 polls overflow the SQ of a ring not yet enabled (it is
+    # enabled by the thread that runs the reactor), so they wait in the overflow queue.
+    reactor = UringReactor(4)
+    pipes = [os.pipe() for _ in range(8)]
+    got = []
+
+    class Reader(FileDescriptor):
+        def __init__(self, fd):
+            FileDescriptor.__init__(self, reactor)
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+        def doRead(self):
+            got.append(os.read(self.fd, 10))
+            reactor.stop()
+
+    readers = [Reader(r) for r, _ in pipes]
+    for reader in readers:
+        reactor.addReader(reader)
+    os.write(pipes[7][1], b"last")
+    try:
+        run(reactor)
+    finally:
+        for reader in readers:
+            reactor.removeReader(reader)
+        cleanup(reactor)
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    assert got == [b"last"]

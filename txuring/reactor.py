@@ -56,7 +56,7 @@ import select
 from zope.interface import implementer
 
 from twisted.internet import posixbase, tcp
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
 from twisted.python import log
 
 from txuring.errors import UringUnavailable
@@ -161,7 +161,7 @@ class _DrainingPoll(_Poll):
                 self.reactor._pollCompleted(self, res, flags)
 
 
-@implementer(IReactorFDSet)
+@implementer(IReactorFDSet, IReactorDaemonize)
 class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     """
     A reactor whose I/O multiplexing and system calls go through one io_uring.
@@ -195,6 +195,30 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
 
     def _wakerFactory(self):
         return _EventFDWaker()
+
+    # ---- IReactorDaemonize: twistd forks after the reactor exists ----
+
+    def beforeDaemonize(self):
+        """Nothing to do: the child replaces the ring (see L{afterDaemonize})."""
+
+    def afterDaemonize(self):
+        """
+        In the daemon (a fork of the process that built this reactor), the ring's
+        memory is shared with the parent and must not be touched: close the child's
+        copy, make a new ring, and poll again every registered descriptor.
+        """
+        old = self.ring
+        if not old._forked:
+            return  # no fork happened: the ring is this process's own
+        old.exit()  # marked forked: closes the inherited fd and mappings only
+        self.ring = Ring(old.queue_depth, start_disabled=True)
+        for poll in self._polls.values():
+            poll.live = False
+        self._polls = {}
+        for fd in self._reads:
+            self._arm(fd, self._selectables[fd], POLLIN)
+        for fd in self._writes:
+            self._arm(fd, self._selectables[fd], POLLOUT)
 
     # ---- IReactorFDSet ----
 
@@ -326,8 +350,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             # or for ever (Ring.__del__ keeps the handles of a garbage-collected ring's
             # unfinished ops): it must not keep the selectable or this reactor alive.
             poll.reactor = poll.selectable = None
-            if not poll.handle.done:
-                self.ring.cancel(poll.handle)
+            self.ring._cancel_quietly(poll.handle)
 
     def _pollCompleted(self, poll, res, flags):
         fd, direction, selectable = poll.fd, poll.direction, poll.selectable
