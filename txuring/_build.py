@@ -66,7 +66,6 @@ int txu_setup(struct txu_ring *r, unsigned entries, unsigned cq_entries, unsigne
 void txu_close(struct txu_ring *r);
 unsigned txu_sq_space(struct txu_ring *r);
 unsigned txu_sq_ready(struct txu_ring *r);
-unsigned txu_sq_unpublished(struct txu_ring *r);
 int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete, long long timeout_ns,
                         int use_ext_arg);
 int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag);

@@ -113,8 +113,6 @@ IORING_FSYNC_DATASYNC = 1
 IORING_TIMEOUT_ABS = 1 << 0
 _TIMEOUT_CLOCKS = {"monotonic": 0, "boottime": 1 << 2, "realtime": 1 << 3}
 
-SEND_ZC_REPORT_USAGE = 1 << 3
-
 IOV_MAX = 1024
 _INT_MAX = 2**31 - 1
 _LOFF_MAX = 2**63 - 1  # file offsets and lengths are loff_t in the kernel
@@ -124,7 +122,6 @@ _SOCK_CLOEXEC = socket.SOCK_CLOEXEC
 _AF_UNIX = socket.AF_UNIX
 _U32_MAX = 0xFFFFFFFF
 _CURRENT_POSITION = 0xFFFFFFFFFFFFFFFF  # offset -1: use and move the file position (5.6)
-_SPLICE_NO_OFFSET = -1
 
 
 def _path(path, what="path"):
@@ -237,7 +234,7 @@ def _fired(res):
 
 
 def _close_accepted(value):
-    os.close(value[0] if isinstance(value, tuple) else value)
+    os.close(value[0])  # (fd, address)
 
 
 def _close_passed_fds(value):

@@ -166,8 +166,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     """
     A reactor whose I/O multiplexing and system calls go through one io_uring.
 
-    @ivar ring: the L{Ring}; L{txuring.fs} and the completion-based transports submit
-        their own ops to it.
+    @ivar ring: the L{Ring}; code running on this reactor may submit its own ops to it.
     @ivar _reads: fds registered for reading.
     @ivar _writes: fds registered for writing.
     @ivar _selectables: fd -> the selectable registered for it.
@@ -322,11 +321,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self.removeAll()
         drained = []
         if ring.active_ops:
-            # Cancels of the polls removed above are queued; other ops on the ring
-            # (txuring.fs...) are cancelled here. Before 5.19 the kernel refuses the
-            # catch-all cancel with EINVAL: the polls' own cancels are enough then.
-            ring.cancel_all().addErrback(lambda f: None)
-            ring.drain(cancel=False).addBoth(drained.append)
+            # The polls removed above are being cancelled; drain cancels the rest.
+            ring.drain().addBoth(drained.append)
             deadline = self.seconds() + 10
             while not drained and self.seconds() < deadline:
                 ring.cqe_ready(0.1)
@@ -375,13 +371,14 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 event &= POLLOUT
             if event:
                 log.callWithLogger(selectable, self._doReadOrWrite, selectable, fd, event)
-        if final and fd in primary and self._selectables.get(fd) is selectable \
-                and (fd, direction) not in self._polls:
+        if final and self._wantsPoll(fd, selectable, direction):
             self._arm(fd, selectable, direction)  # level triggering: poll again
 
-    def _stillWriting(self, fd, writer):
-        return (fd in self._writes and self._selectables.get(fd) is writer
-                and (fd, POLLOUT) not in self._polls)
+    def _wantsPoll(self, fd, selectable, direction):
+        """Whether C{selectable} is still registered for C{direction} with no poll."""
+        primary = self._reads if direction == POLLIN else self._writes
+        return (fd in primary and self._selectables.get(fd) is selectable
+                and (fd, direction) not in self._polls)
 
     def _writeOptimistically(self):
         """
@@ -390,9 +387,9 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         pending, self._tryWrites = self._tryWrites, []
         for fd, writer in pending:
-            if self._stillWriting(fd, writer):
+            if self._wantsPoll(fd, writer, POLLOUT):
                 log.callWithLogger(writer, self._doReadOrWrite, writer, fd, POLLOUT)
-                if self._stillWriting(fd, writer):
+                if self._wantsPoll(fd, writer, POLLOUT):
                     self._arm(fd, writer, POLLOUT)
 
     # ---- the loop ----

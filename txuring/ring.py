@@ -77,7 +77,6 @@ SETUP_CHAIN = {
 }
 
 FEAT_EXT_ARG = 1 << 8  # 5.11: io_uring_enter takes a timeout (struct io_uring_getevents_arg)
-FEAT_NODROP = 1 << 1  # 5.5: CQEs that do not fit wait in the kernel, never dropped
 
 CQE_F_MORE = 1 << 1
 
@@ -165,7 +164,6 @@ class Ring(Operations):
         self._linking = None
         self._dispatching = False
         self._drain_waiters = []
-        self._eventfd = None
         self._fixed = None  # the registered fixed buffer's Region, if any
         self._buffer_rings = {}
         n = batch or self.cq_depth
@@ -326,22 +324,27 @@ class Ring(Operations):
         if self._linking is not None:
             self._linking.append((handle, prep, args))
             return handle
-        if self._backlog or prep(self._r, *args, handle.user_data, 0) == -errno.EBUSY:
-            # (A prep that raises, cffi refusing an argument, leaves nothing behind:
-            # the handle is registered only after it.)
+        queued = bool(self._backlog) or prep(self._r, *args, handle.user_data, 0) == \
+            -errno.EBUSY
+        # Registered only after prep: a prep that raises (cffi refusing an argument)
+        # leaves nothing behind.
+        self._handles[handle.user_data] = handle
+        if queued:
             handle.state = QUEUED
             self._backlog.append((handle, prep, args))
             self._backlogged += 1
-            self._handles[handle.user_data] = handle
             if not self._disabled and len(self._backlog) == 1:
                 self.submit()  # the SQ is full: give it to the kernel to make room
         else:
             handle.state = SUBMITTED
-            self._handles[handle.user_data] = handle
+        self._notify_pending()
+        return handle
+
+    def _notify_pending(self):
+        """Tell on_pending, once per submit, that something waits to be submitted."""
         if self.on_pending is not None and not self._pending_notified:
             self._pending_notified = True
             self.on_pending()
-        return handle
 
     def _fill_from_backlog(self):
         """Move queued ops into the SQ in FIFO order while there is room."""
@@ -493,8 +496,6 @@ class Ring(Operations):
             if ready == -errno.EINTR:
                 return False
             raise self._enter_error(ready)
-        if self._backlog:
-            self.submit()
         return ready > 0
 
     def fill_completions(self):
@@ -564,14 +565,12 @@ class Ring(Operations):
         err = lib.txu_register_eventfd(self._r, fd)
         if err < 0:
             raise errors.error_of_errno(err)
-        self._eventfd = fd
 
     def unregister_eventfd(self):
         self._check_usable()
         err = lib.txu_unregister_eventfd(self._r)
         if err < 0:
             raise errors.error_of_errno(err)
-        self._eventfd = None
 
     def set_iowq_max_workers(self, bounded=0, unbounded=0):
         """
@@ -757,7 +756,9 @@ class _Chain:
     def __exit__(self, exc_type, exc, tb):
         ring = self._ring
         chain, ring._linking = ring._linking, None
-        if chain and (exc_type is not None or len(chain) > ring.queue_depth):
+        if not chain:
+            return False
+        if exc_type is not None or len(chain) > ring.queue_depth:
             # The chain never reaches the kernel: its ops end here, as cancelled, so
             # their waiters and callbacks (a Region chunk's busy count) hear of it.
             for h, _, _ in chain:
@@ -765,15 +766,12 @@ class _Chain:
             if exc_type is None:
                 raise ValueError("a linked chain of %d ops does not fit a ring of depth %d"
                                  % (len(chain), ring.queue_depth))
-        if exc_type is not None or not chain:
             return False
         for h, _, _ in chain:
             ring._handles[h.user_data] = h
             h.state = QUEUED
         ring._backlog.append((chain, None, None))
-        if ring.on_pending is not None and not ring._pending_notified:
-            ring._pending_notified = True
-            ring.on_pending()
+        ring._notify_pending()
         if not ring._disabled:
             ring._fill_from_backlog()
         return False

@@ -239,11 +239,6 @@ static unsigned txu_sq_ready(struct txu_ring *r)
     return r->sqe_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
 }
 
-static unsigned txu_sq_unpublished(struct txu_ring *r)
-{
-    return r->sqe_tail - r->sqe_head;
-}
-
 static struct io_uring_sqe *get_sqe(struct txu_ring *r)
 {
     unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
