@@ -48,6 +48,7 @@ struct statx {
 /* ---- the ring ---- */
 struct txu_ring {
     int fd;
+    int forked;
     unsigned setup_flags;
     unsigned features;
     unsigned sq_entries;
@@ -55,9 +56,12 @@ struct txu_ring {
     unsigned long long wait_timeouts_pending;
     unsigned long long enters;
     unsigned long long submitted;
+    unsigned long long harvested;
+    unsigned batch_n;
+    unsigned batch_next;
     ...;
 };
-struct txu_bufring { unsigned entries; unsigned short bgid; ...; };
+struct txu_bufring { unsigned entries; unsigned short bgid; unsigned lent; ...; };
 
 #define TXU_UD_WAIT_TIMEOUT ...
 
@@ -70,8 +74,9 @@ int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete, long long tim
                         int use_ext_arg);
 int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag);
 unsigned txu_cq_ready(struct txu_ring *r);
-unsigned txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res, uint32_t *flags,
-                     unsigned max);
+int txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res, uint32_t *flags,
+                unsigned max);
+int txu_sq_rollback(struct txu_ring *r, unsigned n);
 unsigned txu_cq_overflow(struct txu_ring *r);
 unsigned txu_sq_dropped(struct txu_ring *r);
 unsigned txu_sq_flags(struct txu_ring *r);
@@ -85,9 +90,11 @@ int txu_register_iowq_max_workers(struct txu_ring *r, unsigned *values);
 int txu_probe(struct txu_ring *r, unsigned char *supported, unsigned nsupported);
 
 int txu_bufring_setup(struct txu_ring *r, struct txu_bufring *b, unsigned entries,
-                      unsigned short bgid);
+                      unsigned short bgid, char *base, unsigned buf_size);
 int txu_bufring_free(struct txu_ring *r, struct txu_bufring *b);
-void txu_bufring_provide(struct txu_bufring *b, void *addr, unsigned len, unsigned short bid);
+int txu_bufring_lend(struct txu_bufring *b, unsigned bid);
+int txu_bufring_provide(struct txu_bufring *b, unsigned bid);
+int txu_bufring_recycle(struct txu_bufring *b, unsigned bid);
 
 int txu_prep_nop(struct txu_ring *r, uint64_t ud, unsigned sf);
 int txu_prep_read(struct txu_ring *r, int fd, void *buf, unsigned len, uint64_t off,
@@ -163,6 +170,7 @@ int txu_prep_recvmsg(struct txu_ring *r, int fd, struct msghdr *msg, int flags,
                      uint64_t ud, unsigned sf);
 
 size_t txu_cmsg_space_fds(unsigned nfds);
+size_t txu_cmsg_len_fds(unsigned nfds);
 int txu_cmsg_put_fds(struct msghdr *msg, const int *fds, unsigned nfds);
 int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max);
 """

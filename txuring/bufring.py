@@ -6,13 +6,25 @@ submitted, so a multishot recv on many idle connections needs no buffer per
 connection. The CQE says which buffer was used (C{flags >> 16} with
 C{IORING_CQE_F_BUFFER}); the application copies the bytes out and hands the buffer back
 by publishing it at the ring's tail again.
+
+Why the ownership rules: a buffer published twice is handed to the kernel twice, and
+the kernel then writes two arrivals into one buffer; an id out of range would make it
+write outside the buffers altogether. So the C core keeps, per buffer, who owns it
+(published: the kernel's; lent: the caller's, between L{BufferRing.lend} and
+L{BufferRing.provide}), computes every address itself from a checked id, and refuses a
+hand-back of a buffer it did not lend. The one obvious safe way to get a CQE's bytes is
+L{BufferRing.take} (copy, then hand back); L{BufferRing.borrow} is the zero-copy way,
+as a context manager that hands the buffer back when the block ends.
 """
+
+import errno
+from contextlib import contextmanager
 
 from txuring import errors
 from txuring._core import ffi, lib
 
-CQE_F_BUFFER = 1 << 0
-CQE_BUFFER_SHIFT = 16
+CQE_F_BUFFER = 1 << 0  # IORING_CQE_F_BUFFER: the CQE used a provided buffer
+CQE_BUFFER_SHIFT = 16  # IORING_CQE_BUFFER_SHIFT: its id is in flags' upper 16 bits
 
 
 class BufferRing:
@@ -23,6 +35,7 @@ class BufferRing:
     @ivar group_id: the buffer group id ops name (IOSQE_BUFFER_SELECT).
     @ivar buffer_size: the size of each buffer.
     @ivar entries: how many buffers (a power of two).
+    @ivar closed: whether the group was unregistered (L{close}, or the ring's exit).
     """
 
     def __init__(self, ring, entries=256, buffer_size=4096, group_id=None):
@@ -30,31 +43,58 @@ class BufferRing:
         if not isinstance(entries, int) or entries <= 0 or entries & (entries - 1) \
                 or entries > 32768:
             raise ValueError("entries must be a power of two from 1 to 32768")
-        if not isinstance(buffer_size, int) or buffer_size <= 0:
-            raise ValueError("buffer_size must be an int > 0")
+        if not isinstance(buffer_size, int) or not 0 < buffer_size <= 0xFFFFFFFF:
+            raise ValueError("buffer_size must be an int from 1 to 2**32-1")
         if group_id is None:
             group_id = next(g for g in range(65536) if g not in ring._buffer_rings)
+        elif not isinstance(group_id, int) or not 0 <= group_id < 65536:
+            raise ValueError("group_id must be an int from 0 to 65535")
         elif group_id in ring._buffer_rings:
             raise ValueError("buffer group %d is taken on this ring" % (group_id,))
         self._ring = ring
-        self._b = ffi.new("struct txu_bufring *")
-        err = lib.txu_bufring_setup(ring._r, self._b, entries, group_id)
-        if err < 0:
-            raise errors.error_of_errno(err)
         self.group_id = group_id
         self.entries = entries
         self.buffer_size = buffer_size
+        self.closed = True
+        # The buffers: held here for as long as this object lives, and every op that
+        # names the group holds this object until its final CQE (Handle keep).
         self._mem = bytearray(entries * buffer_size)
         self._view = memoryview(self._mem)
         self._base = ffi.from_buffer(self._mem)
+        self._b = ffi.new("struct txu_bufring *")
+        err = lib.txu_bufring_setup(ring._r, self._b, entries, group_id, self._base,
+                                    buffer_size)
+        if err < 0:
+            raise errors.error_of_errno(err)
+        self.closed = False
         ring._buffer_rings[group_id] = self
-        for bid in range(entries):
-            self.provide(bid)
 
-    def provide(self, bid):
-        """Hand buffer C{bid} (back) to the kernel."""
-        lib.txu_bufring_provide(self._b, self._base + bid * self.buffer_size,
-                                self.buffer_size, bid)
+    def _bid(self, flags):
+        """The buffer id a CQE names; ValueError for a CQE that used none."""
+        if not flags & CQE_F_BUFFER:
+            raise ValueError("this CQE carries no buffer (no IORING_CQE_F_BUFFER: EOF, an "
+                             "error, or a CQE of another op); there is nothing to take")
+        return flags >> CQE_BUFFER_SHIFT
+
+    def _check(self, err, bid, what):
+        if err == 0:
+            return
+        if err == -errno.EBADFD:
+            raise errors.RingClosed("buffer group %d is closed; %s is not possible"
+                                    % (self.group_id, what))
+        if err == -errno.EINVAL:
+            raise ValueError("buffer id %d is out of range (this group has %d buffers)"
+                             % (bid, self.entries))
+        raise ValueError(
+            "buffer %d can not be %s: %s" % (
+                bid, what, "it is lent to the caller already" if what != "provided"
+                else "it was not lent (it is the kernel's: a second hand-back would give "
+                     "it to the kernel twice)"))
+
+    @property
+    def lent(self):
+        """How many buffers the caller holds (lent and not handed back)."""
+        return 0 if self.closed else self._b.lent
 
     def buffer_id(self, flags):
         """The buffer a CQE used, from its flags (None if it used none)."""
@@ -65,27 +105,72 @@ class BufferRing:
     def take(self, res, flags):
         """
         The C{res} bytes a CQE delivered, copied out; the buffer goes back to the kernel.
-        Returns b"" for a CQE that carries no buffer (EOF, error).
+        Returns b"" for a CQE that carries no buffer (EOF, error). After L{close} (a CQE
+        harvested before the group was closed) the bytes are still returned, and there
+        is no kernel to hand the buffer back to.
         """
         if not flags & CQE_F_BUFFER:
             return b""
         bid = flags >> CQE_BUFFER_SHIFT
+        if not 0 <= bid < self.entries:
+            self._check(-errno.EINVAL, bid, "taken")
+        if res < 0 or res > self.buffer_size:
+            raise ValueError("a CQE result of %d bytes does not fit a %d-byte buffer"
+                             % (res, self.buffer_size))
         start = bid * self.buffer_size
-        data = bytes(self._view[start:start + res]) if res > 0 else b""  # one copy
-        self.provide(bid)
+        data = bytes(self._view[start:start + res])  # one copy
+        if not self.closed:
+            self._check(lib.txu_bufring_recycle(self._b, bid), bid, "taken")
         return data
 
-    def view(self, res, flags):
+    def lend(self, res, flags):
         """
-        A zero-copy view of what a CQE delivered, and its buffer id: valid until
-        C{provide(bid)} hands the buffer back, which the caller must do.
+        A zero-copy view of what a CQE delivered, and its buffer id. The buffer is the
+        caller's until C{provide(bid)} hands it back, which the caller must do (once);
+        the view must not be used after that. Prefer L{take} or L{borrow}.
         """
-        bid = flags >> CQE_BUFFER_SHIFT
+        bid = self._bid(flags)
+        if self.closed:
+            self._check(-errno.EBADFD, bid, "lent")
+        self._check(lib.txu_bufring_lend(self._b, bid), bid, "lent")
         start = bid * self.buffer_size
-        return self._view[start:start + max(res, 0)], bid
+        return self._view[start:start + max(0, min(res, self.buffer_size))], bid
+
+    view = lend
+
+    @contextmanager
+    def borrow(self, res, flags):
+        """
+        C{with bufring.borrow(res, flags) as view:} a zero-copy memoryview of what a
+        CQE delivered, for the block only: the view is released and the buffer handed
+        back to the kernel when the block ends.
+        """
+        view, bid = self.lend(res, flags)
+        try:
+            yield view
+        finally:
+            view.release()
+            if not self.closed:
+                self.provide(bid)
+
+    def provide(self, bid):
+        """Hand lent buffer C{bid} back to the kernel. Refused for a buffer not lent."""
+        if not isinstance(bid, int):
+            raise TypeError("a buffer id is an int, not %s" % (type(bid).__name__,))
+        if self.closed:
+            self._check(-errno.EBADFD, bid, "provided")
+        self._check(lib.txu_bufring_provide(self._b, bid) if 0 <= bid < 65536
+                    else -errno.EINVAL, bid, "provided")
 
     def close(self):
-        """Unregister the group. Ops that still name it will fail with ENOBUFS."""
-        if self._ring._buffer_rings.get(self.group_id) is self:
-            del self._ring._buffer_rings[self.group_id]
-            lib.txu_bufring_free(self._ring._r, self._b)
+        """
+        Unregister the group. Ops that still name it fail with ENOBUFS. In a fork child
+        nothing is unregistered: the ring is the parent's. Idempotent.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        ring = self._ring
+        if ring._buffer_rings.get(self.group_id) is self:
+            del ring._buffer_rings[self.group_id]
+        lib.txu_bufring_free(ring._r, self._b)  # no unregister in a fork child (C checks)

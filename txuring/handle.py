@@ -40,10 +40,16 @@ class Handle:
     @ivar callback: for multishot ops, called as C{callback(res, flags)} for every CQE,
         the final one included (its flags lack C{IORING_CQE_F_MORE}).
     @ivar filename: the path a path op names, for the OSError it may raise.
+    @ivar ring_id: the id of the L{Ring} that owns it: a Handle is refused by any
+        other ring (its user_data means nothing there).
+    @ivar _cqes: how many CQEs it took; bumped first thing, so the ring's dispatch can
+        tell whether an exception stopped a CQE before it got in (L{txuring.cqueue}).
     """
 
     __slots__ = (
         "user_data",
+        "ring_id",
+        "_cqes",
         "op",
         "state",
         "result",
@@ -61,8 +67,8 @@ class Handle:
         "__weakref__",
     )
 
-    def __init__(self, user_data, op, keep=(), convert=None, release=None, callback=None,
-                 filename=None, filename2=None, ok_errnos=()):
+    def __init__(self, user_data, ring_id, op, keep=(), convert=None, release=None,
+                 callback=None, filename=None, filename2=None, ok_errnos=()):
         """
         @param keep: objects the kernel may touch; held until the final CQE.
         @param convert: maps a successful C{res} to the value L{Ring.syscall_result}
@@ -73,6 +79,8 @@ class Handle:
             to C{convert} as a negative C{res} instead of failing.
         """
         self.user_data = user_data
+        self.ring_id = ring_id
+        self._cqes = 0
         self.op = op
         self.state = QUEUED
         self.result = None
@@ -99,25 +107,31 @@ class Handle:
 
     def _more(self, res, flags):
         """A CQE with C{IORING_CQE_F_MORE}: the op goes on."""
+        self._cqes += 1
         if self.callback is not None:
             self.callback(res, flags)
         elif self.op == "send_zc":
             self._zc_result = res
 
     def _final(self, res, flags):
-        """The op's last CQE: release what the kernel held and answer the waiters."""
+        """
+        The op's last CQE: release what the kernel held and answer the waiters. The
+        waiters are answered even if the callback raises a BaseException.
+        """
+        self._cqes += 1
         if flags & _F_NOTIF and self._zc_result is not None:
             res = self._zc_result  # the notification carries no byte count
         self.state = DONE
         self.result = res
         self.flags = flags
         self._keep = None
-        if self.callback is not None:
-            _call_safely(self.callback, res, flags)
-        waiters = self._waiters
-        if waiters is not None:
-            self._waiters = None
-            self._answer(waiters, res)
+        try:
+            if self.callback is not None:
+                _call_safely(self.callback, res, flags)
+        finally:
+            waiters, self._waiters = self._waiters, None
+            if waiters is not None:
+                self._answer(waiters, res)
 
     def _answer(self, waiters, res):
         if res < 0 and -res not in self._ok_errnos:
@@ -130,18 +144,27 @@ class Handle:
         else:
             outcome = res
         taken = False
-        for d in waiters:
-            if d.called:  # cancelled: paused with CancelledError, waiting for us
-                d.unpause()
-            else:
-                taken = True
-                d.callback(outcome)
+        interrupted = None
+        # Every waiter is answered even if one's callbacks raise a BaseException; a
+        # waiter cancelled meanwhile (by another's callback) is paused, waiting for us.
+        for d in list(waiters):
+            try:
+                if d.called:
+                    d.unpause()
+                else:
+                    taken = True
+                    d.callback(outcome)
+            except BaseException as e:
+                if interrupted is None:
+                    interrupted = e
         if not taken and self._release is not None and not isinstance(outcome, Failure):
             self._released = True
             try:
                 self._release(outcome)
             except Exception:
                 log.err(None, "releasing the result of a cancelled %s" % (self.op,))
+        if interrupted is not None:
+            raise interrupted
 
     def _answer_again(self):
         """A Deferred of the outcome of a finished op (a later syscall_result call)."""
@@ -172,6 +195,8 @@ class Handle:
         """
         d.pause()
         d.errback(Failure(CancelledError("%s cancelled" % (self.op,))))
+        if self.state == DONE:
+            return  # the final CQE is being answered: _answer unpauses d
         if all(w.called for w in self._waiters):
             ring.cancel(self)
 

@@ -20,7 +20,7 @@ from collections import namedtuple
 
 from txuring import errors
 from txuring._core import ffi, lib
-from txuring.handle import close_fd
+from txuring.handle import DONE, close_fd
 from txuring.types import (
     STATX_BASIC_STATS,
     STATX_BTIME,
@@ -275,7 +275,7 @@ class Operations:
         """IORING_OP_TIMEOUT_REMOVE (5.5): cancel a pending L{timeout}."""
         self._require("timeout_remove")
         return self._push(self._new_handle("timeout_remove"), lib.txu_prep_timeout_remove,
-                          handle.user_data)
+                          self._own(handle).user_data)
 
     def link_timeout(self, seconds, *, absolute=False, clock="monotonic"):
         """
@@ -311,12 +311,10 @@ class Operations:
         h = self._new_handle("openat2", keep=(p, how), release=close_fd, filename=path)
         return self._push(h, lib.txu_prep_openat2, _dir_fd(dir_fd), p, how)
 
-    def close(self, fd=None):
-        """
-        IORING_OP_CLOSE (5.6): close(2). Without an fd: close the ring (L{Ring.exit}).
-        """
+    def close(self, fd):
+        """IORING_OP_CLOSE (5.6): close(2) of C{fd}. (The ring itself: L{Ring.exit}.)"""
         if fd is None:
-            return self.exit()
+            raise ValueError("close() needs the fd to close; to close the ring, use exit()")
         self._require("close")
         return self._push(self._new_handle("close"), lib.txu_prep_close, _fd(fd))
 
@@ -369,13 +367,20 @@ class Operations:
         n = _length(chunk.length, nbytes)
         # The chunk is busy until the final CQE: Region.free refuses it meanwhile.
         h = self._new_handle(op, keep=(chunk,), callback=chunk._unbusy)
+        fd, offset = _fd(fd), _offset(offset)
         if region.fixed:
             self._require(op)
-            self._push(h, fixed_prep, _fd(fd), chunk._ptr, n, _offset(offset),
-                       region.buf_index)
-        else:
-            self._push(h, plain_prep, _fd(fd), chunk._ptr, n, _offset(offset))
+        # Busy before the push: once queued, the op may reach the kernel at any submit.
         chunk._busy += 1
+        try:
+            if region.fixed:
+                self._push(h, fixed_prep, fd, chunk._ptr, n, offset, region.buf_index)
+            else:
+                self._push(h, plain_prep, fd, chunk._ptr, n, offset)
+        except BaseException:
+            if h.user_data not in self._handles and h.state != DONE:
+                chunk._busy -= 1  # refused at the call: nothing reached the ring
+            raise
         return h
 
     read_chunk = read_fixed
@@ -389,6 +394,8 @@ class Operations:
             raise ValueError("this chunk belongs to another ring's region")
         if chunk.freed:
             raise ValueError("this chunk was freed")
+        if region.closed:
+            raise ValueError("this chunk's region is closed")
         return region
 
     def read_multishot(self, fd, buffer_ring, callback, offset=-1):
@@ -543,7 +550,7 @@ class Operations:
         """IORING_OP_POLL_REMOVE (5.1): remove a poll; its handle ends with ECANCELED."""
         self._require("poll_remove")
         return self._push(self._new_handle("poll_remove"), lib.txu_prep_poll_remove,
-                          handle.user_data)
+                          self._own(handle).user_data)
 
     # ---- sockets ----
 
@@ -688,19 +695,26 @@ class Operations:
         max_fds = _nonneg(max_fds, "max_fds")
         control = None
         if max_fds:
+            if max_fds > 253:
+                raise ValueError("max_fds is at most 253 (SCM_MAX_FD)")
             control = ffi.new("char[]", lib.txu_cmsg_space_fds(max_fds))
             keep.append(control)
             msg.msg_control = control
-            msg.msg_controllen = len(control)
+            # Unpadded: room for max_fds and no more (see txu_cmsg_len_fds).
+            msg.msg_controllen = lib.txu_cmsg_len_fds(max_fds)
 
         def convert(res):
             # Runs after the Handle dropped its keep list: this closure must hold
             # everything it reads (msg, storage, and the control buffer msg points to).
             fds = []
             if control is not None and msg.msg_controllen:
-                out = ffi.new("int[]", max_fds)
-                found = lib.txu_cmsg_get_fds(msg, out, max_fds)
-                fds = list(out)[:min(found, max_fds)]
+                room = len(control) // ffi.sizeof("int")
+                out = ffi.new("int[]", room)
+                found = min(lib.txu_cmsg_get_fds(msg, out, room), room)
+                fds = list(out)[:found]
+                for extra in fds[max_fds:]:
+                    os.close(extra)  # (never, with the unpadded length; but never leak)
+                del fds[max_fds:]
             return RecvMsgResult(res, fds, address_of(storage, msg.msg_namelen),
                                  msg.msg_flags)
 

@@ -69,7 +69,9 @@ class Region:
     ring's).
 
     @ivar ring: the Ring it is registered with.
-    @ivar fixed: whether the kernel accepted the registration.
+    @ivar fixed: whether the kernel has it registered (False when it refused, and
+        once the Region is closed).
+    @ivar closed: whether it was closed (L{close}, or its ring's exit).
     @ivar buf_index: its index in the ring's buffer table.
     """
 
@@ -90,6 +92,7 @@ class Region:
         self._free = deque(range(nblocks))
         self._nblocks = nblocks
         self._waiters = deque()
+        self.closed = False
         self.fixed = self._register(fallback)
         ring._fixed = self
 
@@ -124,8 +127,13 @@ class Region:
         """The number of free chunks."""
         return len(self._free)
 
+    def _check_open(self):
+        if self.closed:
+            raise errors.RingClosed("this region is closed; make a new Region")
+
     def alloc(self):
         """A free chunk; raises L{NoSpace} when none is left."""
+        self._check_open()
         if not self._free:
             raise errors.NoSpace("all %d chunks of this region are in use" % (self._nblocks,))
         return Chunk(self, self._free.popleft())
@@ -152,6 +160,9 @@ class Region:
             raise ValueError("this chunk belongs to another region")
         if chunk.freed:
             raise ValueError("this chunk was already freed")
+        if self.closed:
+            chunk.freed = True  # (closed with its ring: nothing to give it back to)
+            return
         if chunk._busy:
             raise RuntimeError("this chunk is used by an operation in flight; free it "
                                "after the operation completes")
@@ -162,15 +173,30 @@ class Region:
             self._free.append(chunk.index)
 
     def close(self):
-        """Unregister the buffer. Refused while chunks are out."""
-        if self.ring._fixed is not self:
+        """
+        Unregister the buffer. Refused while chunks are out. In a fork child nothing is
+        unregistered: the ring is the parent's. Idempotent.
+        """
+        if self.closed:
             return
         if len(self._free) != self._nblocks:
             raise RuntimeError("%d chunks are still allocated"
                                % (self._nblocks - len(self._free),))
-        if self.fixed and not self.ring.closed:
-            lib.txu_unregister_buffers(self.ring._r)
-        self.ring._fixed = None
+        ring = self.ring
+        if self.fixed and not ring.closed and not ring._forked:
+            ring._check_usable()
+            lib.txu_unregister_buffers(ring._r)
+        self._forget()
+
+    def _forget(self):
+        """Closed, with its ring's exit or by L{close}: no op may use it any more."""
+        self.closed = True
+        self.fixed = False
+        if self.ring._fixed is self:
+            self.ring._fixed = None
+        waiters, self._waiters = self._waiters, deque()
+        for d in waiters:
+            d.errback(errors.RingClosed("the region was closed while waiting for a chunk"))
 
     def __repr__(self):
         return "<Region %d x %d bytes%s>" % (self._nblocks, self.block_size,

@@ -35,83 +35,88 @@ Design, and why:
 import errno
 import itertools
 import os
+import threading
 import weakref
-from collections import deque
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python import log
 
-from txuring import errors
+from txuring import errors, params
 from txuring._core import ffi, lib
-from txuring.handle import DONE, QUEUED, SUBMITTED, Handle
+from txuring.cqueue import CQE_F_MORE, CompletionQueue
+from txuring.handle import DONE, QUEUED, Handle
 from txuring.opcode import OPCODES, Operations
+from txuring.params import SETUP_CHAIN, SETUP_FLAG_NAMES, SETUP_R_DISABLED, SETUP_SQPOLL
+from txuring.squeue import SubmissionQueue
 
-# io_uring_setup flags (include/uapi/linux/io_uring.h)
-SETUP_SQPOLL = 1 << 1  # 5.1: a kernel thread polls the SQ
-SETUP_CQSIZE = 1 << 3  # 5.5
-SETUP_R_DISABLED = 1 << 6  # 5.10: start disabled, enable with REGISTER_ENABLE_RINGS
-SETUP_SUBMIT_ALL = 1 << 7  # 5.18
-SETUP_COOP_TASKRUN = 1 << 8  # 5.19: no IPI to run task work
-SETUP_TASKRUN_FLAG = 1 << 9  # 5.19
-SETUP_SINGLE_ISSUER = 1 << 12  # 6.0: one task submits
-SETUP_DEFER_TASKRUN = 1 << 13  # 6.1: task work runs only when the owner enters
-
-SETUP_FLAG_NAMES = {
-    SETUP_SQPOLL: "SQPOLL",
-    SETUP_R_DISABLED: "R_DISABLED",
-    SETUP_SUBMIT_ALL: "SUBMIT_ALL",
-    SETUP_COOP_TASKRUN: "COOP_TASKRUN",
-    SETUP_TASKRUN_FLAG: "TASKRUN_FLAG",
-    SETUP_SINGLE_ISSUER: "SINGLE_ISSUER",
-    SETUP_DEFER_TASKRUN: "DEFER_TASKRUN",
-}
-
-#: The setup flag sets tried in order, best first (see the module docstring).
-#: TASKRUN_FLAG makes the kernel flag pending task work in the SQ ring, so an idle
-#: zero-timeout wait can skip io_uring_enter (accepted with DEFER_TASKRUN since 6.1).
-SETUP_CHAIN = {
-    "defer_taskrun": SETUP_SINGLE_ISSUER | SETUP_DEFER_TASKRUN | SETUP_TASKRUN_FLAG
-    | SETUP_SUBMIT_ALL,
-    "coop_taskrun": SETUP_COOP_TASKRUN | SETUP_TASKRUN_FLAG | SETUP_SUBMIT_ALL,
-    "plain": 0,
-}
-
-FEAT_EXT_ARG = 1 << 8  # 5.11: io_uring_enter takes a timeout (struct io_uring_getevents_arg)
-
-CQE_F_MORE = 1 << 1
+__all__ = ["Ring", "CQE_F_MORE"]
 
 ASYNC_CANCEL_ALL = 1 << 0  # 5.19
 ASYNC_CANCEL_FD = 1 << 1  # 5.19
 ASYNC_CANCEL_ANY = 1 << 2  # 5.19
 
-_MAX_QUEUE_DEPTH = 32768
+#: user_data for every op of every Ring of the process: never reused, and never the
+#: same on two rings, so no id can ever name another ring's op.
+_user_data = itertools.count(1)
+#: Ring ids, for telling a Handle of another ring (L{Handle.ring_id}).
+_ring_ids = itertools.count(1)
 
 #: Every open Ring, so that a fork can mark them unusable in the child.
 _live_rings = weakref.WeakSet()
 
-#: What the ops of rings garbage-collected with ops in flight hold (buffers, iovecs,
-#: paths...): the kernel may still write into them while it tears the ring down, so
-#: they are never freed. Only those objects: not the Handles and their callbacks.
-_orphaned_buffers = []
+#: Rings garbage-collected with ops in flight. Their buffers may still be written by the
+#: kernel, so they are kept (not closed) until the thread that owns them has cancelled
+#: and reaped every op: see L{Ring._abandon} and L{_reap_abandoned}.
+_abandoned = []
 
 
 def _after_fork_in_child():
     for ring in list(_live_rings):
         ring._forked = True
+        ring._r.forked = 1  # the C core refuses to touch the parent's ring from here on
+    for ring in _abandoned:  # the parent reaps them; the child only drops its copies
+        lib.txu_close(ring._r)
+        ring._closed = True
+    del _abandoned[:]
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reap_abandoned():
+    """
+    Finish the abandoned rings this thread owns: harvest what the kernel has answered
+    and close those with nothing left in flight. Called when a Ring is made, so their
+    number stays bounded by the ops that truly never end.
+    """
+    me = threading.get_ident()
+    for ring in list(_abandoned):
+        if ring._owner != me:
+            continue
+        try:
+            ring.cqe_ready(0)
+            ring.fill_completions()
+            if not ring._handles:
+                _abandoned.remove(ring)
+                ring.exit()
+        except Exception:
+            _abandoned.remove(ring)
+            log.err(None, "reaping an abandoned ring")
 
 
 class Ring(Operations):
     """
     One io_uring.
 
-    Not thread-safe: one thread (the loop's) calls every method. The op methods come
-    from L{txuring.opcode.Operations}.
+    Not thread-safe: one thread, the ring's I{owner}, calls every method that touches
+    the ring. That is the thread that made it, or, for a ring made with
+    C{start_disabled=True}, the thread that first submits (and so enables it). Calls
+    from any other thread raise RuntimeError at once: on a reactor, use
+    C{reactor.callFromThread}. The op methods come from L{txuring.opcode.Operations}.
 
     @ivar queue_depth: SQ entries the kernel gave (a power of two, >= what was asked).
-    @ivar cq_depth: CQ entries (at least 4x the SQ, so bursts of completions fit).
+    @ivar cq_depth: CQ entries (at least 4x the SQ up to the kernel's maximum, so
+        bursts of completions fit).
     @ivar setup_flags: the io_uring_setup flags that were accepted.
     @ivar features: the kernel's C{IORING_FEAT_*} bits.
     @ivar on_pending: None, or a callable the Ring calls (with no argument) when an op
@@ -125,96 +130,79 @@ class Ring(Operations):
         """
         @param queue_depth: SQ size wanted, 1 to 32768 (rounded up to a power of two).
         @param polling_timeout: None, or use SQPOLL with a kernel thread that sleeps
-            after this many milliseconds idle (on 2 cores SQPOLL usually loses).
-        @param cq_depth: CQ size; default 4x the SQ (at least 256).
+            after this many milliseconds idle (on 2 cores SQPOLL usually loses). Needs
+            EXT_ARG waits (5.11).
+        @param cq_depth: CQ size, queue_depth to 65536; default 4x the SQ (at least
+            256, at most 65536).
         @param setup: C{"auto"} tries the setup chain; or one of C{SETUP_CHAIN}'s names
             to demand that one (raises if the kernel refuses it).
         @param start_disabled: create with C{IORING_SETUP_R_DISABLED}; the first thread
-            that submits enables the ring and becomes its issuer.
+            that submits enables the ring and becomes its owner.
         @param ext_arg: None to use C{IORING_ENTER_EXT_ARG} timeouts where the kernel
             has them (5.11); False to force the older timeout-SQE way (for tests).
         @param batch: CQEs harvested per C call (default: the CQ size).
         """
-        if not isinstance(queue_depth, int) or not 1 <= queue_depth <= _MAX_QUEUE_DEPTH:
-            raise ValueError("queue_depth must be an int from 1 to %d, not %r"
-                             % (_MAX_QUEUE_DEPTH, queue_depth))
+        if not isinstance(queue_depth, int) or not \
+                1 <= queue_depth <= params.MAX_SQ_ENTRIES:
+            raise ValueError("queue_depth must be an int from 1 to %d (IORING_MAX_ENTRIES), "
+                             "not %r" % (params.MAX_SQ_ENTRIES, queue_depth))
         if polling_timeout is not None and (not isinstance(polling_timeout, int)
                                             or polling_timeout < 0):
             raise ValueError("polling_timeout must be None or milliseconds >= 0")
         if setup != "auto" and setup not in SETUP_CHAIN:
             raise ValueError("setup must be 'auto' or one of %s" % (sorted(SETUP_CHAIN),))
+        if batch is not None and (not isinstance(batch, int) or batch <= 0):
+            raise ValueError("batch must be None or an int > 0")
+        cq_entries = params.cq_entries_for(queue_depth, cq_depth)
+        if _abandoned:
+            _reap_abandoned()
+        self._id = next(_ring_ids)
         self._r = ffi.new("struct txu_ring *")
         self._r.fd = -1
         self._forked = False
         self._closed = True
-        self._create(queue_depth, polling_timeout, cq_depth, setup, start_disabled)
+        # The owner thread; none yet for a disabled ring: any thread may queue ops
+        # until one submits, enables it, and becomes the owner (see _enable).
+        self._owner = None if start_disabled else threading.get_ident()
+        self._owner_thread = None if start_disabled else threading.current_thread()
+        params.create(self._r, queue_depth, cq_entries, setup, start_disabled,
+                      polling_timeout)
         self._closed = False
         self.queue_depth = self._r.sq_entries
         self.cq_depth = self._r.cq_entries
-        self.setup_flags = self._r.setup_flags & ~SETUP_CQSIZE
+        self.setup_flags = self._r.setup_flags & ~params.SETUP_CQSIZE
         self.features = self._r.features
-        self._ext_arg = bool(self.features & FEAT_EXT_ARG) if ext_arg is None else bool(
-            ext_arg and self.features & FEAT_EXT_ARG)
+        self._ext_arg = bool(self.features & params.FEAT_EXT_ARG) if ext_arg is None else \
+            bool(ext_arg and self.features & params.FEAT_EXT_ARG)
+        if self.setup_flags & SETUP_SQPOLL and not self._ext_arg:
+            # Before EXT_ARG a wait is bounded by a timeout SQE whose timespec lives in
+            # the ring's struct; the SQ thread may read it after a later wait rewrote
+            # it (or after the struct is gone). SQPOLL before 5.11 needed root anyway.
+            lib.txu_close(self._r)
+            self._closed = True
+            raise ValueError("SQPOLL (polling_timeout) needs EXT_ARG waits (Linux 5.11); "
+                             "this ring has none")
         self._disabled = bool(start_disabled)
         self.on_pending = on_pending
         self._pending_notified = False  # on_pending was called since the last submit
-        self._ids = itertools.count(1)
+        #: fresh user_data for an op (shared by every ring: see _user_data)
+        self._ids = _user_data
+        #: user_data -> the op's target (a Handle) for every op queued or in flight
         self._handles = {}
-        self._backlog = deque()
-        self._linking = None
+        self._sq = SubmissionQueue(self._r, self._handles)
+        self._cq = CompletionQueue(self._r, self._handles, batch or self.cq_depth)
         self._dispatching = False
         self._drain_waiters = []
         self._fixed = None  # the registered fixed buffer's Region, if any
         self._buffer_rings = {}
-        n = batch or self.cq_depth
-        self._batch = n
-        self._cqe_ud = ffi.new("uint64_t[]", n)
-        self._cqe_res = ffi.new("int32_t[]", n)
-        self._cqe_flags = ffi.new("uint32_t[]", n)
-        self._completed = 0  # CQEs dispatched
-        self._backlogged = 0  # ops that had to wait in the overflow queue
         # With TASKRUN_FLAG the kernel says when an enter is needed to post CQEs.
-        self._taskrun_flag = bool(self.setup_flags & SETUP_TASKRUN_FLAG)
+        self._taskrun_flag = bool(self.setup_flags & params.SETUP_TASKRUN_FLAG)
         self._supported = self._probe()
         #: op names the kernel has: one set lookup per op call (see Operations._require)
         self._ops_ok = frozenset(name for name in OPCODES if self.op_supported(name))
         _live_rings.add(self)
 
-    # ---- setup and teardown ----
-
-    def _create(self, queue_depth, polling_timeout, cq_depth, setup, start_disabled):
-        cq = cq_depth if cq_depth is not None else max(256, 4 * queue_depth)
-        if cq < queue_depth:
-            raise ValueError("cq_depth must be at least queue_depth")
-        base = SETUP_R_DISABLED if start_disabled else 0
-        idle = 0
-        if polling_timeout is not None:
-            # DEFER_TASKRUN needs a task that enters the kernel: not with SQPOLL.
-            chain = [SETUP_SQPOLL]
-            idle = polling_timeout
-        elif setup == "auto":
-            chain = list(SETUP_CHAIN.values())
-        else:
-            chain = [SETUP_CHAIN[setup]]
-        err = 0
-        for flags in chain:
-            err = lib.txu_setup(self._r, queue_depth, cq, base | flags, idle)
-            if err == 0:
-                return
-            if err != -errno.EINVAL:
-                break  # EINVAL: these flags are too new for the kernel; try the next
-        reason = errors.explain_setup_errno(-err)
-        if reason is not None:
-            raise errors.UringUnavailable(-err, reason)
-        if err == -errno.ENOMEM:
-            # Not "unavailable": a resource limit, named so it can be raised.
-            raise OSError(errno.ENOMEM,
-                              "io_uring_setup: not enough memory for a ring of %d entries. "
-                              "Ring memory counts against RLIMIT_MEMLOCK (ulimit -l) for "
-                              "processes without CAP_IPC_LOCK before Linux 5.12 and again "
-                              "since 6.13, and against the memory cgroup in between: raise "
-                              "the limit, or ask for a smaller queue_depth" % (queue_depth,))
-        raise errors.error_of_errno(err)
+    # ---- lifecycle: owner thread, fork, exit ----
 
     def _probe(self):
         supported = ffi.new("unsigned char[256]")
@@ -223,10 +211,28 @@ class Ring(Operations):
             return bytes([1]) * 256
         return bytes(supported)
 
+    def _check_usable(self):
+        """Raise unless the calling thread may use this ring now."""
+        if self._forked:
+            raise errors.RingForked(
+                "this ring belongs to the parent process (pid changed by fork); "
+                "make a new Ring in the child")
+        if self._closed:
+            raise errors.RingClosed("the ring is closed; make a new Ring")
+        if threading.get_ident() != self._owner and self._owner is not None:
+            raise RuntimeError(
+                "this ring belongs to thread %r, the thread that created or enabled it; "
+                "only that thread may use it. From another thread go through "
+                "reactor.callFromThread, or make the ring with start_disabled=True so "
+                "that the thread that first submits becomes its owner"
+                % (self._owner_thread.name,))
+
     def exit(self):
         """
         Close the ring. Refused with L{RingBusy} while ops are in flight (see L{drain}),
-        since the kernel could still write into their buffers. Idempotent.
+        since the kernel could still write into their buffers, and inside a
+        C{ring.linked()} block. Only the owner thread may close it, unless that thread
+        has ended. Idempotent.
         """
         if self._closed:
             return
@@ -235,12 +241,20 @@ class Ring(Operations):
             lib.txu_close(self._r)
             self._closed = True
             return
-        if self._handles or self._backlog:
+        if threading.get_ident() != self._owner and self._owner is not None \
+                and self._owner_thread.is_alive():
+            self._check_usable()
+        if self._sq.chain is not None:
+            raise errors.RingBusy("exit() inside a ring.linked() block: leave the block "
+                                  "first (its ops are about to be submitted)")
+        if self._handles or len(self._sq):
             raise errors.RingBusy(
                 "%d operations are in flight on this ring; wait for drain() before exit()"
                 % (self.active_ops,))
         for bufring in list(self._buffer_rings.values()):
             bufring.close()
+        if self._fixed is not None:
+            self._fixed._forget()
         lib.txu_close(self._r)
         self._closed = True
         _live_rings.discard(self)
@@ -249,13 +263,45 @@ class Ring(Operations):
         if getattr(self, "_closed", True):
             return
         try:  # (at interpreter exit, module globals may already be gone)
-            if self._handles:
-                _orphaned_buffers.extend(h._keep for h in self._handles.values() if h._keep)
-            self._handles = {}
-            self._backlog = deque()
-            self.exit()
+            if self._handles and not self._forked:
+                self._abandon()
+            else:
+                self._handles.clear()
+                self.exit()
         except Exception:
             pass
+
+    def _abandon(self):
+        """
+        Garbage-collected with ops in flight: the kernel may still write into their
+        buffers, so the ring is kept alive (with them) until its owner thread has
+        cancelled and reaped them all (L{_reap_abandoned}); nothing is freed early.
+        """
+        self.on_pending = None
+        self._drain_waiters = []
+        if self._disabled:
+            # Never enabled, so nothing was ever submitted: the kernel holds nothing.
+            lib.txu_close(self._r)
+            self._closed = True
+            _live_rings.discard(self)
+            return
+        for h in self._handles.values():
+            if isinstance(h, Handle):
+                h.callback = None  # its owner is gone: nobody to tell
+                h._waiters = None
+        if threading.get_ident() == self._owner:
+            try:
+                self.cancel_all()
+                # Most ops (polls, socket ops) answer a cancel at once: reap them now.
+                for _ in range(3):
+                    self.cqe_ready(0)
+                    self.fill_completions()
+                    if not self._handles:
+                        self.exit()
+                        return
+            except Exception:
+                pass
+        _abandoned.append(self)
 
     def __enter__(self):
         return self
@@ -271,14 +317,6 @@ class Ring(Operations):
     @property
     def closed(self):
         return self._closed
-
-    def _check_usable(self):
-        if self._forked:
-            raise errors.RingForked(
-                "this ring belongs to the parent process (pid changed by fork); "
-                "make a new Ring in the child")
-        if self._closed:
-            raise errors.RingClosed("the ring is closed; make a new Ring")
 
     # ---- probe ----
 
@@ -311,32 +349,24 @@ class Ring(Operations):
     def _new_handle(self, op, keep=(), convert=None, release=None, callback=None,
                     filename=None, filename2=None, ok_errnos=()):
         # Explicit parameters, passed on positionally: no kwargs dict per op.
-        return Handle(next(self._ids), op, keep, convert, release, callback, filename,
-                      filename2, ok_errnos)
+        return Handle(next(_user_data), self._id, op, keep, convert, release, callback,
+                      filename, filename2, ok_errnos)
 
     def _push(self, handle, prep, *args):
         """
         Prepare C{handle}'s SQE with C{prep(ring, *args, user_data, sqe_flags)}, or
         queue it behind the ones already waiting. Returns the handle.
         """
-        if self._closed or self._forked:
-            self._check_usable()
-        if self._linking is not None:
-            self._linking.append((handle, prep, args))
-            return handle
-        queued = bool(self._backlog) or prep(self._r, *args, handle.user_data, 0) == \
-            -errno.EBUSY
-        # Registered only after prep: a prep that raises (cffi refusing an argument)
-        # leaves nothing behind.
-        self._handles[handle.user_data] = handle
-        if queued:
-            handle.state = QUEUED
-            self._backlog.append((handle, prep, args))
-            self._backlogged += 1
-            if not self._disabled and len(self._backlog) == 1:
-                self.submit()  # the SQ is full: give it to the kernel to make room
-        else:
-            handle.state = SUBMITTED
+        if self._closed or self._forked or threading.get_ident() != self._owner:
+            self._check_usable()  # (a disabled ring has no owner yet: anyone may queue)
+        if self._sq.push(handle, prep, args) and not self._disabled:
+            # The SQ is full: give it to the kernel to make room. The op is queued
+            # whatever happens; an enter that fails is reported by the loop's own
+            # next submit or wait, not to the caller of an op method.
+            try:
+                self.submit()
+            except Exception:
+                pass
         self._notify_pending()
         return handle
 
@@ -346,38 +376,14 @@ class Ring(Operations):
             self._pending_notified = True
             self.on_pending()
 
-    def _fill_from_backlog(self):
-        """Move queued ops into the SQ in FIFO order while there is room."""
-        backlog = self._backlog
-        r = self._r
-        while backlog:
-            handle, prep, args = backlog[0]
-            if prep is None:
-                # A linked chain goes in whole or not at all: a chain split across two
-                # submissions would be cut by the kernel at the first one's end.
-                chain = handle
-                if lib.txu_sq_space(r) < len(chain):
-                    return
-                last = len(chain) - 1
-                for i, (h, p, a) in enumerate(chain):
-                    self._prep_queued(h, p, a, _IOSQE_IO_LINK if i < last else 0)
-            elif not self._prep_queued(handle, prep, args, 0):
-                return
-            backlog.popleft()
-
-    def _prep_queued(self, handle, prep, args, sqe_flags):
-        """Prepare a queued op's SQE; False if the SQ is full."""
-        try:
-            if prep(self._r, *args, handle.user_data, sqe_flags) == -errno.EBUSY:
-                return False
-        except (TypeError, ValueError, OverflowError):
-            # cffi refused an argument: fail this op alone, not the whole submit.
-            log.err(None, "preparing queued %s" % (handle.op,))
-            self._handles.pop(handle.user_data, None)
-            handle._final(-errno.EINVAL, 0)
-            return True
-        handle.state = SUBMITTED
-        return True
+    def _own(self, handle):
+        """Refuse a Handle of another ring: its user_data means nothing here."""
+        if getattr(handle, "ring_id", None) != self._id:
+            if not isinstance(handle, Handle):
+                raise TypeError("expected a txuring Handle, not %s" % (type(handle).__name__,))
+            raise ValueError("%r belongs to another ring; pass it to the ring that started "
+                             "it" % (handle,))
+        return handle
 
     def linked(self):
         """
@@ -392,19 +398,27 @@ class Ring(Operations):
         """
         return _Chain(self)
 
+    @property
+    def _linking(self):
+        """The chain being built (a list of queued ops), or None."""
+        return self._sq.chain
+
     # ---- loop-facing calls (Io_uring_raw) ----
 
     @property
     def sqe_ready(self):
         """Ops prepared in the SQ, or queued behind it, that the kernel has not taken."""
-        return lib.txu_sq_ready(self._r) + sum(
-            len(h) if p is None else 1 for h, p, _ in self._backlog)
+        if self._closed or self._forked:
+            return 0
+        return lib.txu_sq_ready(self._r) + self._sq.waiting
 
     @property
     def cq_ready(self):
-        """CQEs posted and not yet harvested (no system call: with DEFER_TASKRUN, more
+        """CQEs posted and not yet dispatched (no system call: with DEFER_TASKRUN, more
         may be waiting for the next enter)."""
-        return lib.txu_cq_ready(self._r)
+        if self._closed or self._forked:
+            return 0
+        return lib.txu_cq_ready(self._r) + self._cq.undispatched
 
     @property
     def active_ops(self):
@@ -413,23 +427,26 @@ class Ring(Operations):
 
     def has_pending_jobs(self):
         """Whether anything is queued, in the SQ or in flight."""
-        return bool(self._handles or self._backlog or lib.txu_sq_ready(self._r))
+        return bool(self._handles or len(self._sq) or self.sqe_ready)
 
     def _enable(self):
         """
-        Enable a ring made with C{start_disabled}: the calling thread becomes the one
-        that may submit (SINGLE_ISSUER) and whose enters post completions.
+        Check the calling thread may use the ring, and enable a ring made with
+        C{start_disabled}: the calling thread becomes its owner, the one that may
+        submit (SINGLE_ISSUER) and whose enters post completions.
         """
-        self._check_usable()
-        if self._disabled:
+        if self._disabled and not self._closed and not self._forked:
             err = lib.txu_enable_rings(self._r)
             if err < 0:
                 raise errors.error_of_errno(err)
+            self._owner = threading.get_ident()
+            self._owner_thread = threading.current_thread()
             self._disabled = False
             self.setup_flags &= ~SETUP_R_DISABLED
+        self._check_usable()
 
     def _enter_error(self, ret):
-        if ret == -errno.EEXIST and self.setup_flags & SETUP_SINGLE_ISSUER:
+        if ret == -errno.EEXIST and self.setup_flags & params.SETUP_SINGLE_ISSUER:
             # The kernel's answer to a submit from a thread other than the issuer.
             return RuntimeError(
                 "this ring (SINGLE_ISSUER) belongs to the thread that created or enabled "
@@ -442,19 +459,21 @@ class Ring(Operations):
         Give every prepared SQE (and as much of the overflow queue as fits) to the
         kernel. Returns how many SQEs the kernel took. Does not wait.
         """
-        if self._closed or self._forked or self._disabled:
+        if self._closed or self._forked or self._disabled or \
+                threading.get_ident() != self._owner:
             self._enable()
         self._pending_notified = False
         r = self._r
+        sq = self._sq
         total = 0
         entered = False
         while True:
-            queued = len(self._backlog)
+            queued = len(sq)
             if queued:
-                self._fill_from_backlog()
+                sq.fill()
             if not lib.txu_sq_ready(r):  # also SQEs a failed enter left untaken
                 break
-            if entered and queued and len(self._backlog) == queued:
+            if entered and queued and len(sq) == queued:
                 break  # the kernel took nothing more (SQPOLL's thread lags): later
             entered = True
             ret = lib.txu_submit_and_wait(r, 0, -1, self._ext_arg)
@@ -465,7 +484,7 @@ class Ring(Operations):
             if ret < 0:
                 raise self._enter_error(ret)
             total += ret
-            if not self._backlog:
+            if not len(sq):
                 break
         return total
 
@@ -476,14 +495,16 @@ class Ring(Operations):
         are ready. A signal interrupts the wait and returns False, so that Python runs
         its handlers; the caller's loop then carries on.
         """
-        if self._closed or self._forked or self._disabled:
+        if self._closed or self._forked or self._disabled or \
+                threading.get_ident() != self._owner:
             self._enable()
         self._pending_notified = False
-        if self._backlog:
+        if len(self._sq) or self._cq.undispatched:
             # Ops waiting in the overflow queue must reach the kernel before a blocking
-            # wait, or the wait could outlast them (an SQ full of idle polls).
+            # wait, or the wait could outlast them (an SQ full of idle polls); CQEs an
+            # exception left undispatched are ready now.
             self.submit()
-            if self._backlog:
+            if len(self._sq) or self._cq.undispatched:
                 timeout = 0
         if timeout is None:
             timeout_ns = -1
@@ -494,66 +515,32 @@ class Ring(Operations):
         ready = lib.txu_wait(self._r, timeout_ns, self._ext_arg, self._taskrun_flag)
         if ready < 0:
             if ready == -errno.EINTR:
-                return False
+                return bool(self._cq.undispatched)
             raise self._enter_error(ready)
-        return ready > 0
+        return ready > 0 or bool(self._cq.undispatched)
 
     def fill_completions(self):
         """
         Harvest every ready CQE and dispatch it to its Handle (whose Deferreds then
         fire). Returns the number of CQEs dispatched. Reentrant calls (from a callback)
-        return 0.
+        return 0. A BaseException raised meanwhile (KeyboardInterrupt) goes through at
+        once; the CQEs not yet dispatched wait for the next call, none is lost.
         """
-        if self._forked:
-            # The CQ mapping is shared with the parent: harvesting here would steal
-            # the parent's completions.
-            self._check_usable()
-        if self._dispatching or self._closed:
+        if self._closed or self._dispatching:
             return 0
+        if self._forked or threading.get_ident() != self._owner:
+            # (A fork child: the CQ mapping is shared with the parent, and harvesting
+            # here would steal the parent's completions.)
+            self._check_usable()
         self._dispatching = True
         try:
-            total = self._dispatch_all()
+            total = self._cq.dispatch(lambda: self._closed)
         finally:
             self._dispatching = False
         if self._drain_waiters and not self._handles:
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:
                 d.callback(None)
-        return total
-
-    def _dispatch_all(self):
-        r = self._r
-        handles = self._handles
-        uds, ress, flagss = self._cqe_ud, self._cqe_res, self._cqe_flags
-        batch = self._batch
-        unpack = ffi.unpack
-        total = 0
-        interrupted = None
-        # A callback may close the ring (ring.exit() after its last op): never touch
-        # the unmapped rings after that.
-        while not self._closed:
-            n = lib.txu_harvest(r, uds, ress, flagss, batch)
-            if n == 0:
-                break
-            total += n
-            for ud, res, flags in zip(unpack(uds, n), unpack(ress, n), unpack(flagss, n)):
-                try:
-                    if flags & CQE_F_MORE:
-                        handles[ud]._more(res, flags)
-                    else:
-                        handles.pop(ud)._final(res, flags)
-                except Exception:
-                    log.err(None, "dispatching a completion (user_data=%d res=%d)" % (ud, res))
-                except BaseException as e:
-                    # KeyboardInterrupt and the like: the CQ head has moved past this
-                    # batch, so dispatch the rest of it before letting it through.
-                    if interrupted is None:
-                        interrupted = e
-            if n < batch or interrupted is not None:
-                break  # the rest (if any) is for the next iteration
-        self._completed += total
-        if interrupted is not None:
-            raise interrupted
         return total
 
     def register_eventfd(self, fd):
@@ -578,6 +565,10 @@ class Ring(Operations):
         5.15). 0 leaves a limit unchanged. Returns the previous C{(bounded, unbounded)}.
         """
         self._check_usable()
+        for value in (bounded, unbounded):
+            if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
+                raise ValueError("worker limits are ints from 0 to 2**32-1, not %r"
+                                 % (value,))
         values = ffi.new("unsigned[2]", [bounded, unbounded])
         err = lib.txu_register_iowq_max_workers(self._r, values)
         if err < 0:
@@ -595,6 +586,7 @@ class Ring(Operations):
         CancelledError) run only once the kernel has released the op's buffers, and a
         result the op produced anyway (an fd) is closed rather than leaked.
         """
+        self._own(handle)
         if handle.state == DONE:
             return handle._answer_again()
         return handle._add_waiter(self)
@@ -607,6 +599,7 @@ class Ring(Operations):
         end soon) count as answered. An op still in the overflow queue is removed and
         ends with ECANCELED at once, and nothing is submitted.
         """
+        self._own(handle)
         if self._cancelled_locally(handle):
             return succeed(None)
         return self._submit_cancel(handle.user_data, -1, 0, "cancel")
@@ -617,8 +610,8 @@ class Ring(Operations):
         cancel SQE, no Deferred. The op still ends with its own final CQE.
         """
         if not self._cancelled_locally(handle):
-            self._push_unlinked(self._new_handle("cancel"), lib.txu_prep_cancel,
-                                handle.user_data, -1, 0)
+            self._sq.unlinked(self._push, self._new_handle("cancel"), lib.txu_prep_cancel,
+                              handle.user_data, -1, 0)
 
     def _cancelled_locally(self, handle):
         """
@@ -627,13 +620,7 @@ class Ring(Operations):
         """
         if handle.state == DONE:
             return True
-        if handle.state == QUEUED:
-            removed = self._unqueue(handle)
-            for h in removed:
-                self._handles.pop(h.user_data, None)
-                h._final(-errno.ECANCELED, 0)
-            return bool(removed)
-        return False
+        return handle.state == QUEUED and self._sq.unqueue(handle)
 
     def cancel_fd(self, fd):
         """Cancel every op on file descriptor C{fd} (5.19). Deferred of the count."""
@@ -646,13 +633,14 @@ class Ring(Operations):
         kernel cancelled. One request where the kernel matches any op (5.19); one per
         op before that.
         """
-        while self._backlog:
-            queued, prep, _ = self._backlog[0]
-            self.cancel(queued[0][0] if prep is None else queued)
+        self._check_usable()
+        while len(self._sq):
+            self.cancel(self._sq.first_queued())
         if self.op_supported("socket"):  # IORING_ASYNC_CANCEL_ANY came with 5.19's socket
             return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL,
                                        "cancel_all", count=True)
-        targets = [h for h in list(self._handles.values()) if not h.op.startswith("cancel")]
+        targets = [h for h in list(self._handles.values())
+                   if isinstance(h, Handle) and not h.op.startswith("cancel")]
         for h in targets:
             self.cancel(h).addErrback(log.err, "cancelling %s" % (h.op,))
         return succeed(len(targets))
@@ -662,7 +650,7 @@ class Ring(Operations):
         d = h._add_waiter(self)
         # A cancel never joins a ring.linked() chain that is being built: it would
         # wait behind the chain's ops (and a link_timeout would bound it, not them).
-        self._push_unlinked(h, lib.txu_prep_cancel, target, fd, cancel_flags)
+        self._sq.unlinked(self._push, h, lib.txu_prep_cancel, target, fd, cancel_flags)
         ok = (errno.ENOENT, errno.EALREADY)
 
         def answered(result):
@@ -676,34 +664,14 @@ class Ring(Operations):
 
         return d.addCallbacks(answered, maybe_ok)
 
-    def _push_unlinked(self, handle, prep, *args):
-        linking, self._linking = self._linking, None
-        try:
-            return self._push(handle, prep, *args)
-        finally:
-            self._linking = linking
-
-    def _unqueue(self, handle):
-        """
-        Take C{handle} out of the overflow queue; returns the handles removed with it
-        (a linked chain goes as a whole: the kernel would cancel the rest anyway), or
-        an empty list if it was not there.
-        """
-        for entry in self._backlog:
-            queued = entry[0]
-            if queued is handle or entry[1] is None and any(
-                    h is handle for h, _, _ in queued):
-                self._backlog.remove(entry)
-                return [h for h, _, _ in queued] if isinstance(queued, list) else [queued]
-        return []
-
     def drain(self, cancel=True):
         """
         A Deferred that fires when no op is left in flight; with C{cancel}, every op is
         cancelled first. Someone must go on driving the ring (the reactor does).
         """
-        if not self._handles and not self._backlog:
+        if not self._handles and not len(self._sq):
             return succeed(None)
+        self._check_usable()
         d = Deferred()
         self._drain_waiters.append(d)
         if cancel:
@@ -715,28 +683,26 @@ class Ring(Operations):
     def stats(self):
         """Counters for monitoring and debugging (get_debug_stats in ocaml-uring)."""
         r = self._r
-        closed = self._closed
+        usable = not (self._closed or self._forked)
         return {
             "sq_entries": self.queue_depth,
             "cq_entries": self.cq_depth,
             "setup_flags": [n for f, n in sorted(SETUP_FLAG_NAMES.items())
                             if self.setup_flags & f],
             "ext_arg": self._ext_arg,
-            "sq_ready": 0 if closed else lib.txu_sq_ready(r),
-            "cq_ready": 0 if closed else lib.txu_cq_ready(r),
-            "cq_overflow": 0 if closed else lib.txu_cq_overflow(r),
-            "sq_dropped": 0 if closed else lib.txu_sq_dropped(r),
+            "sq_ready": lib.txu_sq_ready(r) if usable else 0,
+            "cq_ready": lib.txu_cq_ready(r) if usable else 0,
+            "cq_overflow": lib.txu_cq_overflow(r) if usable else 0,
+            "sq_dropped": lib.txu_sq_dropped(r) if usable else 0,
             "active_ops": len(self._handles),
-            "backlog": len(self._backlog),
+            "backlog": self._sq.waiting,
             "wait_timeouts_pending": r.wait_timeouts_pending,
             "submitted": r.submitted,
-            "completed": self._completed,
+            "completed": self._cq.dispatched,
+            "undispatched": self._cq.undispatched,
             "enters": r.enters,
-            "backlogged": self._backlogged,
+            "backlogged": self._sq.backlogged,
         }
-
-
-_IOSQE_IO_LINK = 1 << 2
 
 
 class _Chain:
@@ -747,31 +713,14 @@ class _Chain:
 
     def __enter__(self):
         ring = self._ring
-        if ring._linking is not None:
-            raise RuntimeError("ring.linked() chains cannot be nested")
         ring._check_usable()
-        ring._linking = []
+        ring._sq.begin_chain()
         return self
 
     def __exit__(self, exc_type, exc, tb):
         ring = self._ring
-        chain, ring._linking = ring._linking, None
-        if not chain:
-            return False
-        if exc_type is not None or len(chain) > ring.queue_depth:
-            # The chain never reaches the kernel: its ops end here, as cancelled, so
-            # their waiters and callbacks (a Region chunk's busy count) hear of it.
-            for h, _, _ in chain:
-                h._final(-errno.ECANCELED, 0)
-            if exc_type is None:
-                raise ValueError("a linked chain of %d ops does not fit a ring of depth %d"
-                                 % (len(chain), ring.queue_depth))
-            return False
-        for h, _, _ in chain:
-            ring._handles[h.user_data] = h
-            h.state = QUEUED
-        ring._backlog.append((chain, None, None))
-        ring._notify_pending()
-        if not ring._disabled:
-            ring._fill_from_backlog()
+        if ring._sq.end_chain(exc_type is not None, ring.queue_depth):
+            ring._notify_pending()
+            if not ring._disabled:
+                ring._sq.fill()
         return False

@@ -11,7 +11,12 @@
  *   - it talks to the kernel directly (io_uring_setup/enter/register + mmap), no liburing;
  *   - it never allocates Python objects and never calls back into Python;
  *   - every prep function fills exactly one SQE and returns 0, or -EBUSY when the SQ
- *     is full (the Python side keeps a FIFO overflow queue, so nothing is ever lost).
+ *     is full (the Python side keeps a FIFO overflow queue, so nothing is ever lost);
+ *   - it checks its own state instead of trusting a pointer: every entry point on a
+ *     closed ring (rings unmapped), a ring inherited by a fork child, or a closed buffer
+ *     ring answers -EBADFD (or 0 for a count) and touches no memory. Python turns that
+ *     into a clear exception; a mistake above this file can not become a segfault or a
+ *     write into the parent's ring.
  *
  * Memory ordering (io_uring(7)): the kernel reads sq.tail with acquire semantics, so the
  * SQE contents must be visible before the tail store: store-release on sq.tail. The
@@ -25,6 +30,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -68,6 +74,9 @@
 
 struct txu_ring {
     int fd;
+    /* Set (by the Python at-fork hook) in a fork child: the mappings are shared with
+     * the parent, so the child must never write them nor register through the fd. */
+    int forked;
     unsigned setup_flags;
     unsigned features;
     unsigned sq_entries;
@@ -101,7 +110,17 @@ struct txu_ring {
     /* counters for stats() */
     unsigned long long enters;
     unsigned long long submitted;
+    unsigned long long harvested;
+    /* The last harvested batch: harvest() sets batch_n and batch_next = 0 in the same C
+     * call that moves the CQ head, and Python advances batch_next as it dispatches. So
+     * an exception (a signal handler's KeyboardInterrupt) landing between two CQEs
+     * leaves the rest of the batch here for the next fill_completions(), never lost. */
+    unsigned batch_n;
+    unsigned batch_next;
 };
+
+/* The ring can be used by this process: mapped, open, and not a fork child's copy. */
+#define RING_OK(r) ((r)->sq_ring_ptr != NULL && !(r)->forked)
 
 static long sys_setup(unsigned entries, struct io_uring_params *p)
 {
@@ -114,9 +133,11 @@ static long sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigne
     return syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz);
 }
 
-static int txu_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
+static int txu_register(struct txu_ring *r, unsigned opcode, void *arg, unsigned nr_args)
 {
-    long ret = syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
+    if (!RING_OK(r))
+        return -EBADFD;
+    long ret = syscall(__NR_io_uring_register, r->fd, opcode, arg, nr_args);
     return ret < 0 ? -errno : (int)ret;
 }
 
@@ -219,16 +240,22 @@ static void txu_close(struct txu_ring *r)
 
 static unsigned txu_sq_flags(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     return __atomic_load_n(r->sq_kflags, __ATOMIC_ACQUIRE);
 }
 
 static unsigned txu_cq_ready(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     return __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE) - *r->cq_khead;
 }
 
 static unsigned txu_sq_space(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
     return r->sq_entries - (r->sqe_tail - head);
 }
@@ -236,6 +263,8 @@ static unsigned txu_sq_space(struct txu_ring *r)
 /* SQEs prepared but not yet taken by the kernel. */
 static unsigned txu_sq_ready(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     return r->sqe_tail - __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
 }
 
@@ -248,6 +277,19 @@ static struct io_uring_sqe *get_sqe(struct txu_ring *r)
     r->sqe_tail++;
     memset(sqe, 0, sizeof *sqe);
     return sqe;
+}
+
+/* Take back the last n SQEs prepared and not yet published (a linked chain whose
+ * later op could not be prepared: its earlier SQEs' IOSQE_IO_LINK would otherwise
+ * chain them to whatever op comes next). */
+static int txu_sq_rollback(struct txu_ring *r, unsigned n)
+{
+    if (!RING_OK(r))
+        return -EBADFD;
+    if (r->sqe_tail - r->sqe_head < n)
+        return -EINVAL;
+    r->sqe_tail -= n;
+    return 0;
 }
 
 /* Make every prepared SQE visible to the kernel; returns how many are pending. */
@@ -292,6 +334,8 @@ static int txu_submit_and_wait(struct txu_ring *r, unsigned min_complete,
     size_t argsz = 0;
     unsigned flags = IORING_ENTER_GETEVENTS;
 
+    if (!RING_OK(r))
+        return -EBADFD;
     if (min_complete > 0 && timeout_ns >= 0) {
         if (use_ext_arg) {
             ts.tv_sec = timeout_ns / 1000000000LL;
@@ -371,6 +415,8 @@ static unsigned cq_ready_for_caller(struct txu_ring *r)
  */
 static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, int taskrun_flag)
 {
+    if (!RING_OK(r))
+        return -EBADFD;
     unsigned ready = cq_ready_for_caller(r);
     /* Not taken by the kernel yet: unpublished, or left by an enter that failed. */
     int pending = txu_sq_ready(r) != 0;
@@ -402,12 +448,19 @@ static int txu_wait(struct txu_ring *r, long long timeout_ns, int use_ext_arg, i
 
 
 /*
- * Copy up to max CQEs into the three arrays and advance the CQ head once.
+ * Copy up to max CQEs into the three arrays and advance the CQ head once; record the
+ * batch (batch_n, batch_next = 0) in the same call, so Python can never lose it to an
+ * exception raised between the return and its first dispatch. Refuses (-EBUSY) while
+ * the previous batch is not fully dispatched: its entries would be overwritten.
  * CQEs of the core's own wait timeouts are consumed and not reported.
  */
-static unsigned txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res,
-                            uint32_t *flags, unsigned max)
+static int txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res,
+                       uint32_t *flags, unsigned max)
 {
+    if (!RING_OK(r))
+        return 0;
+    if (r->batch_next < r->batch_n)
+        return -EBUSY;
     unsigned head = *r->cq_khead;
     unsigned tail = __atomic_load_n(r->cq_ktail, __ATOMIC_ACQUIRE);
     unsigned n = 0;
@@ -432,16 +485,23 @@ static unsigned txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *re
         n++;
     }
     __atomic_store_n(r->cq_khead, head, __ATOMIC_RELEASE);
-    return n;
+    r->batch_n = n;
+    r->batch_next = 0;
+    r->harvested += n;
+    return (int)n;
 }
 
 static unsigned txu_cq_overflow(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     return __atomic_load_n(r->cq_koverflow, __ATOMIC_ACQUIRE);
 }
 
 static unsigned txu_sq_dropped(struct txu_ring *r)
 {
+    if (!RING_OK(r))
+        return 0;
     return __atomic_load_n(r->sq_kdropped, __ATOMIC_ACQUIRE);
 }
 
@@ -450,34 +510,34 @@ static unsigned txu_sq_dropped(struct txu_ring *r)
 
 static int txu_register_eventfd(struct txu_ring *r, int efd)
 {
-    return txu_register(r->fd, IORING_REGISTER_EVENTFD, &efd, 1);
+    return txu_register(r, IORING_REGISTER_EVENTFD, &efd, 1);
 }
 
 static int txu_unregister_eventfd(struct txu_ring *r)
 {
-    return txu_register(r->fd, IORING_UNREGISTER_EVENTFD, NULL, 0);
+    return txu_register(r, IORING_UNREGISTER_EVENTFD, NULL, 0);
 }
 
 static int txu_register_buffers(struct txu_ring *r, const struct iovec *iov, unsigned nr)
 {
-    return txu_register(r->fd, IORING_REGISTER_BUFFERS, (void *)iov, nr);
+    return txu_register(r, IORING_REGISTER_BUFFERS, (void *)iov, nr);
 }
 
 static int txu_unregister_buffers(struct txu_ring *r)
 {
-    return txu_register(r->fd, IORING_UNREGISTER_BUFFERS, NULL, 0);
+    return txu_register(r, IORING_UNREGISTER_BUFFERS, NULL, 0);
 }
 
 static int txu_enable_rings(struct txu_ring *r)
 {
-    return txu_register(r->fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    return txu_register(r, IORING_REGISTER_ENABLE_RINGS, NULL, 0);
 }
 
 /* values[0] bounded workers, values[1] unbounded; 0 leaves a limit as it is.
  * On return they hold the previous limits. */
 static int txu_register_iowq_max_workers(struct txu_ring *r, unsigned *values)
 {
-    return txu_register(r->fd, IORING_REGISTER_IOWQ_MAX_WORKERS, values, 2);
+    return txu_register(r, IORING_REGISTER_IOWQ_MAX_WORKERS, values, 2);
 }
 
 /* Fill supported[op] = 1 for each op the running kernel knows. Returns last_op + 1
@@ -488,7 +548,7 @@ static int txu_probe(struct txu_ring *r, unsigned char *supported, unsigned nsup
     char buf[sizeof(struct io_uring_probe) + 256 * sizeof(struct io_uring_probe_op)];
     struct io_uring_probe *p = (struct io_uring_probe *)buf;
     memset(buf, 0, sz);
-    int ret = txu_register(r->fd, IORING_REGISTER_PROBE, p, 256);
+    int ret = txu_register(r, IORING_REGISTER_PROBE, p, 256);
     if (ret < 0)
         return ret;
     memset(supported, 0, nsupported);
@@ -502,43 +562,86 @@ static int txu_probe(struct txu_ring *r, unsigned char *supported, unsigned nsup
 
 /* ---- provided buffer rings (5.19) ---- */
 
+/*
+ * The ring of buffer descriptors is ours (user memory the kernel pins at registration);
+ * the buffers are one block of Python memory (base, entries * size) that the Python
+ * side keeps alive for as long as any op may use the group.
+ *
+ * Ownership, per buffer id: PUBLISHED (in the ring, or taken by the kernel for a CQE
+ * the caller has not handled yet) or LENT (handed to the caller by lend(), until it
+ * hands it back with provide()). Only this file computes a buffer's address, from a
+ * range-checked id: the kernel can never be told to write outside the block, and a
+ * buffer can never be published twice through provide().
+ */
+#define TXU_BUF_PUBLISHED 0
+#define TXU_BUF_LENT 1
+
 struct txu_bufring {
     struct io_uring_buf_ring *br;
     size_t size;
     unsigned entries; /* power of two */
     unsigned mask;
     unsigned short bgid;
+    char *base;          /* buffer i is base + i * buf_size */
+    unsigned buf_size;
+    unsigned char *state; /* TXU_BUF_* per buffer id */
+    unsigned lent;        /* how many are LENT */
 };
 
+static void bufring_publish(struct txu_bufring *b, unsigned short bid)
+{
+    unsigned short tail = b->br->tail;
+    struct io_uring_buf *buf = &b->br->bufs[tail & b->mask];
+    buf->addr = (uint64_t)(uintptr_t)(b->base + (size_t)bid * b->buf_size);
+    buf->len = b->buf_size;
+    buf->bid = bid;
+    __atomic_store_n(&b->br->tail, (unsigned short)(tail + 1), __ATOMIC_RELEASE);
+}
+
+/* Register buffer group bgid over entries buffers of buf_size bytes at base, every one
+ * of them published. Returns 0 or -errno; on error nothing is left registered. */
 static int txu_bufring_setup(struct txu_ring *r, struct txu_bufring *b, unsigned entries,
-                             unsigned short bgid)
+                             unsigned short bgid, char *base, unsigned buf_size)
 {
     struct io_uring_buf_reg reg;
     memset(b, 0, sizeof *b);
-    if (entries == 0 || (entries & (entries - 1)) || entries > 32768)
+    if (entries == 0 || (entries & (entries - 1)) || entries > 32768 || buf_size == 0)
         return -EINVAL;
+    b->state = calloc(entries, 1);
+    if (!b->state)
+        return -ENOMEM;
     b->size = entries * sizeof(struct io_uring_buf);
     b->br = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (b->br == MAP_FAILED) {
+        int err = errno;
         b->br = NULL;
-        return -errno;
+        free(b->state);
+        b->state = NULL;
+        return -err;
     }
     b->entries = entries;
     b->mask = entries - 1;
     b->bgid = bgid;
+    b->base = base;
+    b->buf_size = buf_size;
     memset(&reg, 0, sizeof reg);
     reg.ring_addr = (uint64_t)(uintptr_t)b->br;
     reg.ring_entries = entries;
     reg.bgid = bgid;
-    int ret = txu_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1);
+    int ret = txu_register(r, IORING_REGISTER_PBUF_RING, &reg, 1);
     if (ret < 0) {
         munmap(b->br, b->size);
         b->br = NULL;
+        free(b->state);
+        b->state = NULL;
         return ret;
     }
+    for (unsigned i = 0; i < entries; i++)
+        bufring_publish(b, (unsigned short)i);
     return 0;
 }
 
+/* Unregister (not from a fork child: the fd is the parent's ring) and unmap. */
 static int txu_bufring_free(struct txu_ring *r, struct txu_bufring *b)
 {
     struct io_uring_buf_reg reg;
@@ -547,28 +650,70 @@ static int txu_bufring_free(struct txu_ring *r, struct txu_bufring *b)
         return 0;
     memset(&reg, 0, sizeof reg);
     reg.bgid = b->bgid;
-    if (r->fd >= 0)
-        ret = txu_register(r->fd, IORING_UNREGISTER_PBUF_RING, &reg, 1);
+    if (RING_OK(r))
+        ret = txu_register(r, IORING_UNREGISTER_PBUF_RING, &reg, 1);
     munmap(b->br, b->size);
     b->br = NULL;
+    free(b->state);
+    b->state = NULL;
     return ret;
 }
 
-/* Give buffer bid (len bytes at addr) to the kernel: add it and publish the new tail. */
-static void txu_bufring_provide(struct txu_bufring *b, void *addr, unsigned len,
-                                unsigned short bid)
+/* -EBADFD closed, -EINVAL an id out of range, else 0. */
+static int bufring_check(struct txu_bufring *b, unsigned bid)
 {
-    unsigned short tail = b->br->tail;
-    struct io_uring_buf *buf = &b->br->bufs[tail & b->mask];
-    buf->addr = (uint64_t)(uintptr_t)addr;
-    buf->len = len;
-    buf->bid = bid;
-    __atomic_store_n(&b->br->tail, (unsigned short)(tail + 1), __ATOMIC_RELEASE);
+    if (!b->br)
+        return -EBADFD;
+    if (bid >= b->entries)
+        return -EINVAL;
+    return 0;
+}
+
+/* A CQE's buffer goes to the caller (PUBLISHED -> LENT); -EALREADY if it is lent. */
+static int txu_bufring_lend(struct txu_bufring *b, unsigned bid)
+{
+    int err = bufring_check(b, bid);
+    if (err)
+        return err;
+    if (b->state[bid] != TXU_BUF_PUBLISHED)
+        return -EALREADY;
+    b->state[bid] = TXU_BUF_LENT;
+    b->lent++;
+    return 0;
+}
+
+/* The caller hands a lent buffer back (LENT -> PUBLISHED); -EALREADY if it was not lent. */
+static int txu_bufring_provide(struct txu_bufring *b, unsigned bid)
+{
+    int err = bufring_check(b, bid);
+    if (err)
+        return err;
+    if (b->state[bid] != TXU_BUF_LENT)
+        return -EALREADY;
+    b->state[bid] = TXU_BUF_PUBLISHED;
+    b->lent--;
+    bufring_publish(b, (unsigned short)bid);
+    return 0;
+}
+
+/* A CQE's buffer, copied out by the caller, goes straight back to the kernel without
+ * being lent: take()'s one call. -EALREADY if the caller holds it lent. */
+static int txu_bufring_recycle(struct txu_bufring *b, unsigned bid)
+{
+    int err = bufring_check(b, bid);
+    if (err)
+        return err;
+    if (b->state[bid] != TXU_BUF_PUBLISHED)
+        return -EALREADY;
+    bufring_publish(b, (unsigned short)bid);
+    return 0;
 }
 
 /* ---- SQE preparation: one function per op ---- */
 
 #define PREP(r, op_, fd_, ud, sf)                        \
+    if (!RING_OK(r))                                     \
+        return -EBADFD;                                  \
     struct io_uring_sqe *sqe = get_sqe(r);               \
     if (!sqe)                                            \
         return -EBUSY;                                   \
@@ -951,6 +1096,15 @@ static int txu_prep_recvmsg(struct txu_ring *r, int fd, struct msghdr *msg, int 
 static size_t txu_cmsg_space_fds(unsigned nfds)
 {
     return CMSG_SPACE(nfds * sizeof(int));
+}
+
+/* The msg_controllen that lets the kernel install at most nfds fds: CMSG_SPACE pads
+ * to 8 bytes, and the kernel fills all the room it is given (scm_detach_fds), so a
+ * padded length would let it install one fd more than asked, unannounced (no
+ * MSG_CTRUNC). With CMSG_LEN the extra fds are refused and MSG_CTRUNC is set. */
+static size_t txu_cmsg_len_fds(unsigned nfds)
+{
+    return CMSG_LEN(nfds * sizeof(int));
 }
 
 /* Lay out one SCM_RIGHTS message carrying fds in msg's control buffer. */

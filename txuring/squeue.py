@@ -1,0 +1,238 @@
+"""
+The submission side of a L{txuring.ring.Ring}: SQEs, the FIFO overflow queue behind
+the SQ, and linked chains.
+
+Why it is built this way:
+
+  - An op never fails because the SQ is full: what does not fit waits, in order, in an
+    overflow queue that moves into the SQ as the kernel takes SQEs. FIFO, because a
+    program may rely on two writes to one fd going out in the order it made them.
+
+  - Once one op waits in the overflow queue, every later op waits behind it, even if
+    the SQ has room by then: otherwise a later op would overtake it.
+
+  - A linked chain (C{IOSQE_IO_LINK}, 5.3) enters the SQ whole or not at all: the
+    kernel ends a chain at the end of a submission, so a chain split across two
+    submissions would lose its links. And if one of its SQEs cannot be prepared, the
+    ones already prepared are taken back (C{txu_sq_rollback}): left in the SQ, the last
+    one's link flag would tie it to whatever unrelated op comes next.
+
+  - The queue records are small slotted objects (L{QueuedOp}, L{QueuedChain}), so each
+    rule about them lives in one place here, not in tuples decoded by their readers.
+"""
+
+import errno
+from collections import deque
+
+from twisted.python import log
+
+from txuring import errors
+from txuring._core import lib
+from txuring.handle import QUEUED, SUBMITTED
+
+IOSQE_IO_LINK = 1 << 2  # 5.3: the next SQE starts only after this one succeeded
+
+
+class QueuedOp:
+    """
+    One op waiting for room in the SQ (or collected into a chain being built).
+
+    @ivar handle: its L{txuring.handle.Handle}.
+    @ivar prep: the C{lib.txu_prep_*} function that fills its SQE.
+    @ivar args: prep's arguments between the ring and (user_data, sqe_flags).
+    """
+
+    __slots__ = ("handle", "prep", "args")
+
+    def __init__(self, handle, prep, args):
+        self.handle = handle
+        self.prep = prep
+        self.args = args
+
+    @property
+    def handles(self):
+        return [self.handle]
+
+
+class QueuedChain:
+    """
+    A linked chain waiting for room for all of its SQEs at once.
+
+    @ivar ops: its L{QueuedOp}s, in chain order.
+    """
+
+    __slots__ = ("ops",)
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    @property
+    def handles(self):
+        return [op.handle for op in self.ops]
+
+
+class SubmissionQueue:
+    """
+    Prepares SQEs for a ring, with the overflow queue and chains described above.
+
+    @ivar chain: None, or the list of L{QueuedOp}s of the C{ring.linked()} block being
+        built: ops started meanwhile join it instead of the SQ.
+    @ivar backlogged: how many ops ever had to wait in the overflow queue (stats).
+    """
+
+    def __init__(self, r, handles):
+        """
+        @param r: the ring's C{struct txu_ring *}.
+        @param handles: the ring's table, user_data -> Handle, of ops in flight; an
+            op enters it when it is prepared or queued.
+        """
+        self._r = r
+        self._handles = handles
+        self._backlog = deque()
+        self.chain = None
+        self.backlogged = 0
+
+    def __len__(self):
+        """The number of entries (ops and chains) in the overflow queue."""
+        return len(self._backlog)
+
+    @property
+    def waiting(self):
+        """The number of ops in the overflow queue."""
+        return sum(len(entry.handles) for entry in self._backlog)
+
+    def push(self, handle, prep, args):
+        """
+        Prepare C{handle}'s SQE, or queue it (behind the ones already queued, or because
+        the SQ is full). Returns True when it became the only queued entry: the caller
+        should submit, to make room.
+        """
+        if self.chain is not None:
+            self.chain.append(QueuedOp(handle, prep, args))
+            return False
+        if not self._backlog:
+            ret = prep(self._r, *args, handle.user_data, 0)
+            if ret == 0:
+                # Registered only after prep: a prep that raises (cffi refusing an
+                # argument) leaves nothing behind.
+                self._handles[handle.user_data] = handle
+                handle.state = SUBMITTED
+                return False
+            if ret != -errno.EBUSY:
+                raise errors.RingClosed("the ring can not take SQEs (closed, or inherited "
+                                        "from the parent process by fork)")
+        self._handles[handle.user_data] = handle
+        handle.state = QUEUED
+        self._backlog.append(QueuedOp(handle, prep, args))
+        self.backlogged += 1
+        return len(self._backlog) == 1
+
+    def fill(self):
+        """Move queued ops into the SQ, in FIFO order, while there is room."""
+        backlog = self._backlog
+        while backlog:
+            entry = backlog[0]
+            if isinstance(entry, QueuedChain):
+                if not self._prep_chain(entry.ops):
+                    return
+            elif not self._prep_one(entry):
+                return
+            backlog.popleft()
+
+    def _prep_one(self, op):
+        """Prepare a queued op's SQE; False if the SQ is full."""
+        handle = op.handle
+        try:
+            if op.prep(self._r, *op.args, handle.user_data, 0) == -errno.EBUSY:
+                return False
+        except (TypeError, ValueError, OverflowError):
+            # cffi refused an argument: fail this op alone, not the whole submit.
+            log.err(None, "preparing queued %s" % (handle.op,))
+            self._end([handle], -errno.EINVAL)
+            return True
+        handle.state = SUBMITTED
+        return True
+
+    def _prep_chain(self, ops):
+        """Prepare all of a chain's SQEs, or none; False if the SQ lacks room."""
+        r = self._r
+        if lib.txu_sq_space(r) < len(ops):
+            return False
+        last = len(ops) - 1
+        for i, op in enumerate(ops):
+            try:
+                op.prep(r, *op.args, op.handle.user_data, IOSQE_IO_LINK if i < last else 0)
+            except (TypeError, ValueError, OverflowError):
+                log.err(None, "preparing %s, op %d of a linked chain" % (op.handle.op, i))
+                lib.txu_sq_rollback(r, i)  # un-prepare the SQEs before it, links and all
+                # As the kernel ends a chain whose op fails: that op with its error,
+                # the rest with ECANCELED.
+                self._end([op.handle], -errno.EINVAL)
+                self._end([o.handle for o in ops if o is not op], -errno.ECANCELED)
+                return True
+        for op in ops:
+            op.handle.state = SUBMITTED
+        return True
+
+    def _end(self, handles, res):
+        """End ops the kernel never saw, as if their final CQE said C{res}."""
+        for h in handles:
+            self._handles.pop(h.user_data, None)
+            h._final(res, 0)
+
+    # ---- chains ----
+
+    def begin_chain(self):
+        if self.chain is not None:
+            raise RuntimeError("ring.linked() chains cannot be nested")
+        self.chain = []
+
+    def end_chain(self, failed, max_len):
+        """
+        Close the chain being built. With C{failed} (the block raised), or when it is
+        longer than C{max_len} (the SQ could never hold it), its ops end here as
+        cancelled, so their waiters and callbacks (a chunk's busy count) hear of it.
+        Returns True when a chain was queued.
+        """
+        ops, self.chain = self.chain, None
+        if not ops:
+            return False
+        if failed or len(ops) > max_len:
+            for op in ops:
+                op.handle._final(-errno.ECANCELED, 0)
+            if not failed:
+                raise ValueError("a linked chain of %d ops does not fit a ring of depth %d"
+                                 % (len(ops), max_len))
+            return False
+        for op in ops:
+            self._handles[op.handle.user_data] = op.handle
+            op.handle.state = QUEUED
+        self._backlog.append(QueuedChain(ops))
+        return True
+
+    def unlinked(self, push, *args):
+        """Call C{push(*args)} outside the chain being built, if any (cancels)."""
+        chain, self.chain = self.chain, None
+        try:
+            return push(*args)
+        finally:
+            self.chain = chain
+
+    # ---- leaving the queue ----
+
+    def unqueue(self, handle):
+        """
+        Take C{handle} out of the overflow queue and end it with ECANCELED, nothing
+        submitted; a chain goes as a whole (the kernel would cancel the rest anyway).
+        Returns whether it was there.
+        """
+        for entry in self._backlog:
+            if any(h is handle for h in entry.handles):
+                self._backlog.remove(entry)
+                self._end(entry.handles, -errno.ECANCELED)
+                return True
+        return False
+
+    def first_queued(self):
+        """The first queued op's handle, or None."""
+        return self._backlog[0].handles[0] if self._backlog else None
