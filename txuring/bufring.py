@@ -76,20 +76,23 @@ class BufferRing:
                              "error, or a CQE of another op); there is nothing to take")
         return flags >> CQE_BUFFER_SHIFT
 
-    def _check(self, err, bid, what):
+    def _check(self, err, bid, doing):
+        """Raise what C{err}, the C core's answer to C{doing} buffer C{bid}, means."""
         if err == 0:
             return
         if err == -errno.EBADFD:
-            raise errors.RingClosed("buffer group %d is closed; %s is not possible"
-                                    % (self.group_id, what))
+            raise errors.RingClosed("buffer group %d is closed (by close() or the ring's "
+                                    "exit()): can not go on %s buffer %d"
+                                    % (self.group_id, doing, bid))
         if err == -errno.EINVAL:
             raise ValueError("buffer id %d is out of range (this group has %d buffers)"
                              % (bid, self.entries))
-        raise ValueError(
-            "buffer %d can not be %s: %s" % (
-                bid, what, "it is lent to the caller already" if what != "provided"
-                else "it was not lent (it is the kernel's: a second hand-back would give "
-                     "it to the kernel twice)"))
+        if doing == "handing back":
+            raise ValueError("buffer %d was not lent, so it can not be handed back: it is "
+                             "the kernel's, and a second hand-back would give it to the "
+                             "kernel twice" % (bid,))
+        raise ValueError("buffer %d is lent to the caller already (lend()/borrow()): hand "
+                         "it back with provide() first" % (bid,))
 
     @property
     def lent(self):
@@ -113,14 +116,14 @@ class BufferRing:
             return b""
         bid = flags >> CQE_BUFFER_SHIFT
         if not 0 <= bid < self.entries:
-            self._check(-errno.EINVAL, bid, "taken")
+            self._check(-errno.EINVAL, bid, "taking")
         if res < 0 or res > self.buffer_size:
             raise ValueError("a CQE result of %d bytes does not fit a %d-byte buffer"
                              % (res, self.buffer_size))
         start = bid * self.buffer_size
         data = bytes(self._view[start:start + res])  # one copy
         if not self.closed:
-            self._check(lib.txu_bufring_recycle(self._b, bid), bid, "taken")
+            self._check(lib.txu_bufring_recycle(self._b, bid), bid, "taking")
         return data
 
     def lend(self, res, flags):
@@ -131,8 +134,8 @@ class BufferRing:
         """
         bid = self._bid(flags)
         if self.closed:
-            self._check(-errno.EBADFD, bid, "lent")
-        self._check(lib.txu_bufring_lend(self._b, bid), bid, "lent")
+            self._check(-errno.EBADFD, bid, "lending")
+        self._check(lib.txu_bufring_lend(self._b, bid), bid, "lending")
         start = bid * self.buffer_size
         return self._view[start:start + max(0, min(res, self.buffer_size))], bid
 
@@ -158,9 +161,9 @@ class BufferRing:
         if not isinstance(bid, int):
             raise TypeError("a buffer id is an int, not %s" % (type(bid).__name__,))
         if self.closed:
-            self._check(-errno.EBADFD, bid, "provided")
+            self._check(-errno.EBADFD, bid, "handing back")
         self._check(lib.txu_bufring_provide(self._b, bid) if 0 <= bid < 65536
-                    else -errno.EINVAL, bid, "provided")
+                    else -errno.EINVAL, bid, "handing back")
 
     def close(self):
         """

@@ -2,6 +2,11 @@
 L{Ring}: one io_uring, whose operations map to Deferreds, in the style of Jane Street
 async_unix's C{Io_uring_raw}.
 
+This module is the ring's owner and its loop-facing face; the rest lives apart, one
+concern each: L{txuring.params} (setup flags and their fallbacks), L{txuring.squeue}
+(the SQ, the overflow queue and linked chains), L{txuring.cqueue} (harvest and
+dispatch), L{txuring.opcode} (the op methods), L{txuring.handle} (one op's lifetime).
+
 Design, and why:
 
   - A Ring is passive. It never blocks on its own and never touches a reactor: the loop
@@ -10,26 +15,35 @@ Design, and why:
     eventfd given to L{Ring.register_eventfd} (see L{txuring.attach}). So a Ring can
     serve any reactor, and tests can make many.
 
-  - Every op method returns a L{Handle} at once and never fails because the SQ is full:
-    a full SQ is flushed to the kernel, and what still does not fit waits in a FIFO
-    overflow queue that is moved into the SQ, in order, at the next L{submit}.
+  - One thread owns a ring. The C core prepares SQEs with the GIL released, so an op
+    started from another thread would race the loop's harvest; every call that touches
+    the ring refuses another thread at once, and C{reactor.callFromThread} is the way
+    in. (With SINGLE_ISSUER the kernel would refuse that thread's enter anyway, too
+    late to say why.)
 
-  - user_data is a 64-bit counter that is never reused, so a cancel can never hit a
-    later op that took a recycled slot (ocaml-uring's hazard).
+  - Every op method returns a L{Handle} at once and never fails because the SQ is full
+    (see L{txuring.squeue}).
+
+  - user_data is a 64-bit counter shared by every ring of the process and never
+    reused, so a cancel can never hit a later op that took a recycled slot
+    (ocaml-uring's hazard), nor another ring's op; and a Handle names its ring, so
+    another ring refuses it.
 
   - The Handle holds every object the kernel may read or write until the op's final
     CQE, even when the caller's Deferred was cancelled long before: the kernel answers
-    a cancel when it answers it, not when Python asks.
+    a cancel when it answers it, not when Python asks. For the same reason a Ring
+    garbage-collected with ops in flight is not closed under them: it cancels them and
+    is closed once they are reaped.
 
-  - Completions are harvested in batches: one C call copies up to C{batch} CQEs into
-    three arrays and advances the CQ head once; Python then dispatches them.
+  - No call on a closed, exited or forked ring can touch unmapped or shared memory: the
+    Python checks here say what went wrong, and the C core checks its own state again
+    (C{RING_OK}) so that a missed check is an error code, never a crash.
 
   - Setup prefers C{SINGLE_ISSUER|DEFER_TASKRUN} (6.1: completions are posted only when
     the owner enters the kernel, so the loop's single C{io_uring_enter} both submits and
-    reaps, with no task-work interrupts), then C{COOP_TASKRUN|TASKRUN_FLAG} (5.19), then
-    plain. With DEFER_TASKRUN only the thread that created or enabled the ring may
-    submit; C{start_disabled=True} (C{IORING_SETUP_R_DISABLED}, 5.10) lets the first
-    thread that submits become that thread.
+    reaps, with no task-work interrupts); see L{txuring.params}. C{start_disabled=True}
+    (C{IORING_SETUP_R_DISABLED}, 5.10) lets the first thread that submits become the
+    owner.
 """
 
 import errno
