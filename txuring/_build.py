@@ -177,13 +177,19 @@ int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max);
 
 _here = os.path.dirname(os.path.abspath(__file__))
 
+#: TXURING_SANITIZE=1 builds the core with AddressSanitizer and UndefinedBehaviorSanitizer
+#: (see scripts/sanitize.sh, which also preloads their runtimes into Python).
+_SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+             "-fno-omit-frame-pointer", "-g"] if os.environ.get("TXURING_SANITIZE") else []
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 with open(os.path.join(_here, "csrc", "core.c")) as _f:
     ffibuilder.set_source(
         "txuring._core",
         _f.read(),
-        extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+        extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"] + _SANITIZE,
+        extra_link_args=_SANITIZE,
     )
 
 if __name__ == "__main__":

@@ -61,6 +61,8 @@ class RingDriver:
         self._harvest()
 
     def doRead(self):
+        if self._eventfd < 0:
+            return
         try:
             os.eventfd_read(self._eventfd)
         except BlockingIOError:
@@ -76,7 +78,7 @@ class RingDriver:
         that complete at once (page-cache reads, noops) keep chaining.
         """
         ring = self.ring
-        if ring.closed:
+        if ring.closed or self._eventfd < 0:
             return
         if ring.cqe_ready(0):
             ring.fill_completions()
@@ -87,15 +89,18 @@ class RingDriver:
         pass
 
     def detach(self):
-        """Stop driving the ring (it stays open) and close the eventfd."""
+        """Stop driving the ring (it stays open) and close the eventfd. Idempotent."""
+        if self._eventfd < 0:
+            return
         self.reactor.removeReader(self)
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
         self.ring.on_pending = None
-        if not self.ring.closed:
+        if not self.ring.closed and not self.ring._forked:
             try:
                 self.ring.unregister_eventfd()
-            except OSError:
+            except (OSError, RuntimeError):
                 log.err(None, "unregistering the ring's eventfd")
-        os.close(self._eventfd)
+        fd, self._eventfd = self._eventfd, -1
+        os.close(fd)
