@@ -502,7 +502,7 @@ def test_defect7_signal_storm_during_fill_completions_loses_nothing():
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, previous)
     try:
-        drive(ring, lambda: ring.active_ops == 0, 10)
+        drive(ring, lambda: ring.active_ops == 0, 5)
     except AssertionError:
         lost = [h for h in handles if not h.done]
         pytest.fail("%d of %d ops never completed after %d interrupts (e.g. %r)" % (
