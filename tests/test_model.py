@@ -14,11 +14,27 @@ Concurrent file ops on overlapping ranges have no defined order in io_uring, so 
 model only issues a write whose range no in-flight op touches, and a read whose range no
 in-flight write touches; a write changes the model when it completes (a cancelled write
 that never ran changes nothing).
+
+Issue 6 added what found its defects: objects closed and exited mid-sequence (a
+BufferRing feeding a multishot recv, closed while it runs; a Region whose chunks take
+read_fixed ops, closed when it can be; ring.exit() refused while ops are in flight, and
+done when none are, the model then going on with a new ring), cancels across two rings
+(refused with ValueError; neither ring's ops affected), ops from another thread
+(refused), a fork child touching the ring (refused; the parent carries on), and a
+callback raising KeyboardInterrupt (nothing harvested is lost). A call on a closed
+object that could crash the interpreter is made in a fork child (L{probe_in_child}).
+
+Examples: C{TXURING_MODEL_EXAMPLES} (default 30) and C{TXURING_MODEL_STEPS} (default
+40) raise the search, e.g. C{TXURING_MODEL_EXAMPLES=2000 pytest tests/test_model.py}.
 """
 
 import errno
+import faulthandler
 import os
+import select
+import socket
 import tempfile
+import threading
 import time
 
 from hypothesis import HealthCheck, settings
@@ -32,6 +48,7 @@ from hypothesis.stateful import (
 from twisted.internet.defer import CancelledError
 
 import txuring
+from txuring import errors
 from txuring.handle import DONE
 
 from conftest import open_fds
@@ -60,12 +77,57 @@ class Op:
         return self.start < end and start < self.end
 
 
+def probe_in_child(calls):
+    """
+    Make each of C{calls} (name, function) in a fork child: a crash there fails the
+    model instead of killing pytest. Returns the names whose call did not raise a
+    clear error (a RuntimeError or ValueError with a sentence), with what happened.
+    """
+    bad = []
+    for name, fn in calls:
+        pid = os.fork()
+        if pid == 0:
+            faulthandler.disable()  # a crash here is the finding: no dump from pytest's
+            code = 0
+            try:
+                fn()
+            except (RuntimeError, ValueError) as e:
+                code = 0 if len(str(e)) >= 15 else 3
+            except BaseException:
+                code = 2
+            else:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            bad.append((name, "crashed with signal %d" % (os.WTERMSIG(status),)))
+        elif os.waitstatus_to_exitcode(status):
+            bad.append((name, {1: "did not raise", 2: "raised an unclear error",
+                               3: "raised an error without a message"}.get(
+                                   os.waitstatus_to_exitcode(status), "?")))
+    return bad
+
+
+def _interrupt(res, flags):
+    raise KeyboardInterrupt("raised by a poll callback")
+
+
 class RingModel(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.ring = None
         self.ops = []
         self.cancels = []
+        self.other = None  # a second ring, for cancels across rings
+        self.other_ops = []
+        self.bufs = None  # a BufferRing feeding self.recv
+        self.recv = None  # a recv_multishot on self.stream[1]
+        self.stream = None  # a socketpair: bytes sent on [0] arrive through self.bufs
+        self.sent = bytearray()
+        self.got = bytearray()
+        self.region = None
+        self.interrupts_due = 0  # KeyboardInterrupts a callback will raise
+        self.retired = []  # rings exited mid-sequence
 
     @initialize(depth=st.integers(1, 4))
     def setup(self, depth):
@@ -75,10 +137,15 @@ class RingModel(RuleBasedStateMachine):
         os.ftruncate(fd, FILE_SIZE)
         self.fd = fd
         self.model = bytearray(FILE_SIZE)
+        self.depth = depth
+        # Always readable (one byte never read): polls on it complete at once.
+        self.poll_r, self.poll_w = os.pipe()
+        os.write(self.poll_w, b"x")
 
     # ---- helpers ----
 
     def _track(self, op):
+        op.ring = self.ring
         d = self.ring.syscall_result(op.handle)
         op.deferred = d
 
@@ -130,19 +197,242 @@ class RingModel(RuleBasedStateMachine):
     # cancel picks among every op so far; cancelling a finished one must be harmless.
     @rule(pick=st.integers(0, 1000), how=st.sampled_from(["ring", "deferred"]))
     def cancel(self, pick, how):
-        if not self.ops:
+        ops = [op for op in self.ops if op.ring is self.ring]
+        if not ops:
             return
-        op = self.ops[pick % len(self.ops)]
+        op = ops[pick % len(ops)]
         if how == "ring":
             op.cancel_requested = True
             answered = []
             self.cancels.append(answered)
-            self.ring.cancel(op.handle).addBoth(answered.append)
+            self._interruptible(
+                lambda: self.ring.cancel(op.handle).addBoth(answered.append))
         elif not op.deferred.called:  # (cancelling a fired Deferred does nothing)
             op.deferred_cancelled = True
-            op.deferred.cancel()
+            self._interruptible(op.deferred.cancel)
+
+    def _interruptible(self, fn):
+        """C{fn()}, where an interrupting poll's callback may raise KeyboardInterrupt."""
+        try:
+            fn()
+        except KeyboardInterrupt:
+            assert self.interrupts_due, "a KeyboardInterrupt nobody raised"
+            self.interrupts_due -= 1
+
+    # ---- issue 6: fixed buffers ----
+
+    @rule(start=st.integers(0, FILE_SIZE - 1), size=st.integers(1, 300))
+    def read_fixed(self, start, size):
+        if self.region is None:
+            self.region = txuring.Region(self.ring, 2, 4096)
+        if not self.region.avail:
+            return
+        size = min(size, FILE_SIZE - start)
+        end = start + size
+        if any(op.kind == "write" and op.overlaps(start, end) for op in self._in_flight()):
+            return
+        chunk = self.region.alloc()
+        h = self.ring.read_fixed(self.fd, chunk, start, size)
+        op = self._track(Op("read_fixed", h, start, bytes(self.model[start:end]), chunk))
+
+        def copy_and_free(outcome):
+            op.fixed_bytes = chunk.bytes(size)
+            chunk.free()
+            return outcome
+
+        op.deferred.addBoth(copy_and_free)
+
+    @rule()
+    def region_close(self):
+        region = self.region
+        if region is None:
+            return
+        if region.avail != region.length:
+            try:
+                region.close()
+            except RuntimeError:
+                return  # chunks are out: refused, and the region goes on
+            raise AssertionError("Region.close() accepted with chunks in use")
+        region.close()
+        self.region = None
+
+    # ---- issue 6: a BufferRing closed mid-sequence ----
+
+    @rule()
+    def recv_start(self):
+        if self.bufs is None:
+            self.bufs = txuring.BufferRing(self.ring, 4, 64)
+            self.stream = socket.socketpair()
+            self.sent, self.got = bytearray(), bytearray()
+        if self.recv is None or self.recv.done:
+            bufs = self.bufs
+
+            def on_cqe(res, flags):
+                if res > 0 and bufs is self.bufs:  # (a closed one is probed in a child)
+                    self.got += bufs.take(res, flags)
+
+            self.recv = self.ring.recv_multishot(self.stream[1].fileno(), bufs, on_cqe)
+
+    @rule(data=st.binary(min_size=1, max_size=200))
+    def recv_send(self, data):
+        if self.stream is not None:
+            self.stream[0].send(data)
+            self.sent += data
+
+    @rule()
+    def recv_stop(self):
+        if self.recv is not None and not self.recv.done:
+            self.ring.cancel(self.recv)
+
+    @rule()
+    def bufring_close(self):
+        bufs = self.bufs
+        if bufs is None:
+            return
+        bufs.close()
+        self.bufs = None  # its bytes in flight are lost to the model: a new stream next
+        self.stream[0].close()
+        self.stream[1].close()
+        self.stream = None
+        bad = probe_in_child([("provide", lambda: bufs.provide(0)),
+                              ("take", lambda: bufs.take(4, 1 | (1 << 16)))])
+        assert not bad, "a closed BufferRing: %s" % (bad,)
+
+    # ---- issue 6: exit attempts ----
+
+    @rule()
+    def exit_attempt(self):
+        ring = self.ring
+        if ring.active_ops:
+            try:
+                ring.exit()
+            except errors.RingBusy:
+                assert not ring.closed
+                return
+            raise AssertionError("exit() accepted with %d ops in flight" % (ring.active_ops,))
+        # Nothing in flight: exit for real, check the closed ring, go on with a new one.
+        region, bufs = self.region, self.bufs
+        ring.exit()
+        assert ring.closed and ring.fd == -1
+        calls = [("noop", ring.noop), ("submit", ring.submit),
+                 ("sqe_ready", lambda: ring.sqe_ready and None),
+                 ("cq_ready", lambda: ring.cq_ready and None),
+                 ("has_pending_jobs", lambda: ring.has_pending_jobs() and None)]
+        if bufs is not None:
+            calls += [("provide", lambda: bufs.provide(0)),
+                      ("take", lambda: bufs.take(4, 1 | (1 << 16)))]
+        # (a read-only property may answer 0/False instead of raising)
+        bad = [b for b in probe_in_child(calls)
+               if not (b[1] == "did not raise" and b[0] in (
+                   "sqe_ready", "cq_ready", "has_pending_jobs"))]
+        assert not bad, "an exited ring: %s" % (bad,)
+        if region is not None and region.avail == region.length:
+            region.close()
+        if self.stream is not None:
+            self.stream[0].close()
+            self.stream[1].close()
+        self.retired.append(ring)
+        self.ring = txuring.Ring(self.depth)
+        self.region = self.bufs = self.recv = self.stream = None
+
+    # ---- issue 6: two rings ----
+
+    def _other(self):
+        if self.other is None:
+            self.other = txuring.Ring(4)
+        return self.other
+
+    @rule(delay=st.sampled_from([0, 0.002, 0.01]))
+    def other_timeout(self, delay):
+        self.other_ops.append(self._other().timeout(delay))
+
+    @rule(pick=st.integers(0, 1000), how=st.sampled_from(["cancel", "poll_remove",
+                                                          "timeout_remove"]),
+          direction=st.booleans())
+    def cancel_across(self, pick, how, direction):
+        other = self._other()
+        if direction:
+            handles, by = [op.handle for op in self.ops], other
+        else:
+            handles, by = self.other_ops, self.ring
+        live = [h for h in handles if not h.done]
+        if not live:
+            return
+        h = live[pick % len(live)]
+        try:
+            getattr(by, how)(h)
+        except ValueError:
+            return
+        raise AssertionError("%s of another ring's %r was accepted" % (how, h))
+
+    # ---- issue 6: threads, fork, BaseExceptions ----
+
+    @rule()
+    def from_thread(self):
+        before = self.ring.active_ops
+        outcome = []
+
+        def other():
+            try:
+                outcome.append(self.ring.noop())
+            except BaseException as e:
+                outcome.append(e)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert outcome and isinstance(outcome[0], RuntimeError), \
+            "an op from another thread gave %r" % (outcome,)
+        assert self.ring.active_ops == before
+
+    @rule()
+    def fork_child_touches(self):
+        ring, bufs, region = self.ring, self.bufs, self.region
+        live = [op.handle for op in self.ops if not op.handle.done]
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                calls = [ring.noop, ring.submit, lambda: ring.cqe_ready(0),
+                         ring.fill_completions]
+                if live:
+                    calls.append(lambda: ring.cancel(live[0]))
+                if bufs is not None:
+                    calls += [lambda: bufs.provide(0), lambda: bufs.take(4, 1)]
+                for i, call in enumerate(calls):
+                    try:
+                        call()
+                    except (RuntimeError, ValueError):
+                        pass
+                    except BaseException:
+                        code |= 1 << i
+                    else:
+                        code |= 1 << i
+                # Tidying up the child's copies must not touch the parent's.
+                for tidy in ([bufs.close] if bufs else []) + ([region.close] if region
+                                                             else []) + [ring.exit]:
+                    try:
+                        tidy()
+                    except BaseException:
+                        pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status), "the fork child crashed (status %d)" % (status,)
+        assert os.waitstatus_to_exitcode(status) == 0, \
+            "fork child calls that were not refused: mask %d" % (
+                os.waitstatus_to_exitcode(status),)
+
+    @rule()
+    def interrupting_poll(self):
+        self.interrupts_due += 1
+        self._track(Op("poll", self.ring.poll_add(self.poll_r, select.POLLIN,
+                                                  callback=_interrupt)))
 
     # ---- driving ----
+
+    def _fill(self):
+        self._interruptible(self.ring.fill_completions)
 
     @rule()
     def submit(self):
@@ -151,15 +441,20 @@ class RingModel(RuleBasedStateMachine):
     @rule()
     def harvest(self):
         self.ring.cqe_ready(0)
-        self.ring.fill_completions()
+        self._fill()
 
     @rule()
     def wait(self):
         if self.ring.active_ops:
             self.ring.cqe_ready(0.005)
-        self.ring.fill_completions()
+        self._fill()
 
     # ---- invariants ----
+
+    @invariant()
+    def stream_in_order(self):
+        if self.stream is not None:
+            assert self.sent.startswith(self.got), (bytes(self.got), bytes(self.sent))
 
     @invariant()
     def completions_are_consistent(self):
@@ -182,12 +477,16 @@ class RingModel(RuleBasedStateMachine):
         elif h.result == -errno.ECANCELED:
             assert op.cancel_requested, (h, outcome)
             assert outcome.value.errno == errno.ECANCELED
-        elif op.kind in ("read", "write"):
+        elif op.kind in ("read", "write", "read_fixed"):
             assert outcome == len(op.data), (h, outcome)
+        elif op.kind == "poll":
+            assert outcome & select.POLLIN, (h, outcome)
         else:
             assert outcome == 0, (h, outcome)
         if op.kind == "read" and h.result == len(op.data):
             assert bytes(op.buf) == op.data  # the model's bytes at the time of the read
+        if op.kind == "read_fixed" and h.result == len(op.data):
+            assert op.fixed_bytes == op.data
         if op.kind == "timeout":
             assert h.result in (-errno.ETIME, -errno.ECANCELED)
         if op.kind == "noop":
@@ -198,30 +497,48 @@ class RingModel(RuleBasedStateMachine):
         if ring is None:
             return
         try:
+            if self.recv is not None and not self.recv.done:
+                ring.cancel(self.recv)
             deadline = time.monotonic() + 10
-            while ring.active_ops:
+            while ring.active_ops or (self.other is not None and self.other.active_ops):
                 assert time.monotonic() < deadline, "ops never completed: %r" % (
-                    list(ring._handles.values()),)
+                    [h for h in ring._handles.values()],)
                 ring.cqe_ready(0.02)
-                ring.fill_completions()
+                self._fill()
+                if self.other is not None:
+                    self.other.cqe_ready(0)
+                    self.other.fill_completions()
             for op in self.ops:
                 assert len(op.outcomes) == 1, "%r fired %d times" % (
                     op.handle, len(op.outcomes))
                 self._check_outcome(op)
             assert all(answered == [None] for answered in self.cancels)
+            # The other ring's timeouts were never cancelled: each fired (result ETIME).
+            assert all(h.result == -errno.ETIME for h in self.other_ops), self.other_ops
             assert os.pread(self.fd, FILE_SIZE + 1, 0) == bytes(self.model)
+            if self.region is not None:
+                self.region.close()
+            if self.bufs is not None:
+                self.bufs.close()
             ring.exit()
         finally:
             if not ring.closed and not ring.active_ops:
                 ring.exit()
+            if self.other is not None and not self.other.active_ops:
+                self.other.exit()
+            if self.stream is not None:
+                self.stream[0].close()
+                self.stream[1].close()
             os.close(self.fd)
+            os.close(self.poll_r)
+            os.close(self.poll_w)
             os.unlink(self.path)
         assert open_fds() == self.fds_before
 
 
 RingModel.TestCase.settings = settings(
-    max_examples=50,
-    stateful_step_count=40,
+    max_examples=int(os.environ.get("TXURING_MODEL_EXAMPLES", "30")),
+    stateful_step_count=int(os.environ.get("TXURING_MODEL_STEPS", "40")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
