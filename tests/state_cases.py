@@ -134,9 +134,20 @@ BUFRING_CALLS = {
     "group_id": ("prop", lambda e: e.bufring.group_id),
     "view": ("lenient", lambda e: e.bufring.view(4, CQE_F_BUFFER | (1 << 16))),
     "provide": ("op", lambda e: e.bufring.provide(0)),
-    "take": ("op", lambda e: e.bufring.take(4, CQE_F_BUFFER | (2 << 16))),
+    # take() copies a CQE's bytes out even after close (the buffers are Python memory):
+    # a CQE harvested before another callback closed the group is not lost.
+    "take": ("lenient", lambda e: e.bufring.take(4, CQE_F_BUFFER | (2 << 16))),
+    "lend": ("lenient", lambda e: e.bufring.lend(4, CQE_F_BUFFER | (3 << 16))),
+    "borrow": ("lenient", lambda e: _borrow(e.bufring)),
+    "closed": ("prop", lambda e: e.bufring.closed),
+    "lent": ("prop", lambda e: e.bufring.lent),
     "close": ("lenient", lambda e: e.bufring.close()),
 }
+
+
+def _borrow(bufring):
+    with bufring.borrow(4, CQE_F_BUFFER | (3 << 16)) as view:
+        return bytes(view)
 
 
 def _alloc_and_free(region):
@@ -156,6 +167,7 @@ REGION_CALLS = {
     "block_size": ("prop", lambda e: e.region.block_size),
     "buf_index": ("prop", lambda e: e.region.buf_index),
     "fixed": ("prop", lambda e: e.region.fixed),
+    "closed": ("prop", lambda e: e.region.closed),
     "length": ("prop", lambda e: e.region.length),
     "ring": ("prop", lambda e: e.region.ring),
     "alloc": ("lenient", lambda e: _alloc_and_free(e.region)),

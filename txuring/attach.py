@@ -63,6 +63,10 @@ class RingDriver:
     def doRead(self):
         if self._eventfd < 0:
             return
+        if self.ring._forked:
+            # A fork child: the eventfd's counter is shared with the parent, whose
+            # wake-up this read would steal.
+            self.ring._check_usable()
         try:
             os.eventfd_read(self._eventfd)
         except BlockingIOError:

@@ -112,6 +112,8 @@ class BufferRing:
         harvested before the group was closed) the bytes are still returned, and there
         is no kernel to hand the buffer back to.
         """
+        if self._ring._forked:
+            self._ring._check_usable()  # a fork child: the parent's buffers
         if not flags & CQE_F_BUFFER:
             return b""
         bid = flags >> CQE_BUFFER_SHIFT
@@ -133,6 +135,8 @@ class BufferRing:
         the view must not be used after that. Prefer L{take} or L{borrow}.
         """
         bid = self._bid(flags)
+        if self._ring._forked:
+            self._ring._check_usable()
         if self.closed:
             self._check(-errno.EBADFD, bid, "lending")
         self._check(lib.txu_bufring_lend(self._b, bid), bid, "lending")
@@ -160,6 +164,8 @@ class BufferRing:
         """Hand lent buffer C{bid} back to the kernel. Refused for a buffer not lent."""
         if not isinstance(bid, int):
             raise TypeError("a buffer id is an int, not %s" % (type(bid).__name__,))
+        if self._ring._forked:
+            self._ring._check_usable()
         if self.closed:
             self._check(-errno.EBADFD, bid, "handing back")
         self._check(lib.txu_bufring_provide(self._b, bid) if 0 <= bid < 65536

@@ -363,6 +363,8 @@ class Operations:
                               fd, chunk, offset, nbytes)
 
     def _fixed_op(self, op, plain_prep, fixed_prep, fd, chunk, offset, nbytes):
+        if self._closed or self._forked:
+            self._check_usable()  # (before the chunk's checks: the ring's state first)
         region = self._chunk_region(chunk)
         n = _length(chunk.length, nbytes)
         # The chunk is busy until the final CQE: Region.free refuses it meanwhile.

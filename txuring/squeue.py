@@ -110,20 +110,29 @@ class SubmissionQueue:
         if self.chain is not None:
             self.chain.append(QueuedOp(handle, prep, args))
             return False
+        # The order below keeps the table and the SQ in step even if an exception (a
+        # signal handler's) lands between two steps: registered before the SQE exists,
+        # and the queue record made before anything is registered.
+        ud = handle.user_data
         if not self._backlog:
-            ret = prep(self._r, *args, handle.user_data, 0)
+            self._handles[ud] = handle
+            handle.state = SUBMITTED
+            try:
+                ret = prep(self._r, *args, ud, 0)
+            except BaseException:
+                # cffi refused an argument (nothing was prepared): leave nothing behind.
+                del self._handles[ud]
+                raise
             if ret == 0:
-                # Registered only after prep: a prep that raises (cffi refusing an
-                # argument) leaves nothing behind.
-                self._handles[handle.user_data] = handle
-                handle.state = SUBMITTED
                 return False
+            del self._handles[ud]
             if ret != -errno.EBUSY:
                 raise errors.RingClosed("the ring can not take SQEs (closed, or inherited "
                                         "from the parent process by fork)")
-        self._handles[handle.user_data] = handle
+        entry = QueuedOp(handle, prep, args)
+        self._handles[ud] = handle
         handle.state = QUEUED
-        self._backlog.append(QueuedOp(handle, prep, args))
+        self._backlog.append(entry)
         self.backlogged += 1
         return len(self._backlog) == 1
 
