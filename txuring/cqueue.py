@@ -10,7 +10,7 @@ Why it is built this way:
   - Once the head has moved, the kernel has forgotten those CQEs: this batch is the only
     record of them. So the batch's bounds live in C (C{batch_n}, C{batch_next} in
     C{struct txu_ring}), set by the same C call that moves the head, and C{batch_next}
-    is advanced before each CQE is handed over. An exception raised anywhere, even a
+    is brought up to date whenever the loop stops. An exception raised anywhere, even a
     signal handler's KeyboardInterrupt landing between two Python instructions of this
     loop, leaves the rest of the batch there, and the next L{CompletionQueue.dispatch}
     goes on from it. (CPython runs signal handlers only at a function's entry, a
@@ -61,11 +61,10 @@ class CompletionQueue:
         """CQEs handed over so far."""
         return self._r.harvested - self.undispatched
 
-    def dispatch(self, closed):
+    def dispatch(self):
         """
         Hand every ready CQE to its target: first what an interrupted call left, then
-        new batches while the CQ gives full ones. C{closed()} tells whether a target
-        closed the ring meanwhile (then nothing more is read from its mappings).
+        new batches while the CQ gives full ones.
         Returns the number of CQEs handed over. A BaseException from a target (or a
         signal handler) goes through at once; the rest waits for the next call.
         """
@@ -74,7 +73,7 @@ class CompletionQueue:
         unpack = ffi.unpack
         batch = self.batch
         total = 0
-        while not closed():
+        while r.fd >= 0:  # (a target may close the ring: then its mappings are gone)
             i = r.batch_next
             n = r.batch_n
             if i >= n:
@@ -85,32 +84,40 @@ class CompletionQueue:
             results = unpack(self._res, n)
             flagss = unpack(self._flags, n)
             total += n - i
-            while i < n:
-                ud = user_data[i]
-                res = results[i]
-                flags = flagss[i]
-                i += 1
+            # The position lives in the local i while the batch runs (a store into the
+            # C struct per CQE would cost more than the rest of this loop); whatever
+            # interrupts the loop, the handler below writes it back first thing.
+            try:
+                while i < n:
+                    ud = user_data[i]
+                    res = results[i]
+                    flags = flagss[i]
+                    i += 1
+                    try:
+                        target = handles[ud]
+                        seen = target._cqes
+                        if flags & CQE_F_MORE:
+                            target._more(res, flags)
+                        else:
+                            del handles[ud]
+                            target._final(res, flags)
+                    except KeyError:
+                        log.msg("txuring: a CQE for an unknown op (user_data=%d res=%d "
+                                "flags=%#x)" % (ud, res, flags))
+                    except Exception:
+                        log.err(None, "dispatching a completion (user_data=%d res=%d)"
+                                % (ud, res))
+                    except BaseException:
+                        if target._cqes == seen:
+                            # Raised before the target took the CQE: keep it for later.
+                            if not flags & CQE_F_MORE:
+                                handles[ud] = target
+                            i -= 1
+                        raise
+            except BaseException:
                 r.batch_next = i
-                try:
-                    target = handles[ud]
-                    seen = target._cqes
-                    if flags & CQE_F_MORE:
-                        target._more(res, flags)
-                    else:
-                        del handles[ud]
-                        target._final(res, flags)
-                except KeyError:
-                    log.msg("txuring: a CQE for an unknown op (user_data=%d res=%d flags=%#x)"
-                            % (ud, res, flags))
-                except Exception:
-                    log.err(None, "dispatching a completion (user_data=%d res=%d)" % (ud, res))
-                except BaseException:
-                    if target._cqes == seen:
-                        # Raised before the target took the CQE: keep it for next time.
-                        if not flags & CQE_F_MORE:
-                            handles[ud] = target
-                        r.batch_next = i - 1
-                    raise
+                raise
+            r.batch_next = n
             if n < batch:
                 break  # the CQ is drained (more may come with the next enter)
         return total

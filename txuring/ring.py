@@ -51,6 +51,7 @@ import itertools
 import os
 import threading
 import weakref
+from threading import get_ident
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.python import log
@@ -103,7 +104,7 @@ def _reap_abandoned():
     and close those with nothing left in flight. Called when a Ring is made, so their
     number stays bounded by the ops that truly never end.
     """
-    me = threading.get_ident()
+    me = get_ident()
     for ring in list(_abandoned):
         if ring._owner != me:
             continue
@@ -177,7 +178,7 @@ class Ring(Operations):
         self._closed = True
         # The owner thread; none yet for a disabled ring: any thread may queue ops
         # until one submits, enables it, and becomes the owner (see _enable).
-        self._owner = None if start_disabled else threading.get_ident()
+        self._owner = None if start_disabled else get_ident()
         self._owner_thread = None if start_disabled else threading.current_thread()
         params.create(self._r, queue_depth, cq_entries, setup, start_disabled,
                       polling_timeout)
@@ -233,7 +234,7 @@ class Ring(Operations):
                 "make a new Ring in the child")
         if self._closed:
             raise errors.RingClosed("the ring is closed; make a new Ring")
-        if threading.get_ident() != self._owner and self._owner is not None:
+        if get_ident() != self._owner and self._owner is not None:
             raise RuntimeError(
                 "this ring belongs to thread %r, the thread that created or enabled it; "
                 "only that thread may use it. From another thread go through "
@@ -255,7 +256,7 @@ class Ring(Operations):
             lib.txu_close(self._r)
             self._closed = True
             return
-        if threading.get_ident() != self._owner and self._owner is not None \
+        if get_ident() != self._owner and self._owner is not None \
                 and self._owner_thread.is_alive():
             self._check_usable()
         if self._sq.chain is not None:
@@ -303,7 +304,7 @@ class Ring(Operations):
             if isinstance(h, Handle):
                 h.callback = None  # its owner is gone: nobody to tell
                 h._waiters = None
-        if threading.get_ident() == self._owner:
+        if get_ident() == self._owner:
             try:
                 self.cancel_all()
                 # Most ops (polls, socket ops) answer a cancel at once: reap them now.
@@ -371,7 +372,7 @@ class Ring(Operations):
         Prepare C{handle}'s SQE with C{prep(ring, *args, user_data, sqe_flags)}, or
         queue it behind the ones already waiting. Returns the handle.
         """
-        if self._closed or self._forked or threading.get_ident() != self._owner:
+        if self._closed or self._forked or get_ident() != self._owner:
             self._check_usable()  # (a disabled ring has no owner yet: anyone may queue)
         if self._sq.push(handle, prep, args) and not self._disabled:
             # The SQ is full: give it to the kernel to make room. The op is queued
@@ -453,7 +454,7 @@ class Ring(Operations):
             err = lib.txu_enable_rings(self._r)
             if err < 0:
                 raise errors.error_of_errno(err)
-            self._owner = threading.get_ident()
+            self._owner = get_ident()
             self._owner_thread = threading.current_thread()
             self._disabled = False
             self.setup_flags &= ~SETUP_R_DISABLED
@@ -474,7 +475,7 @@ class Ring(Operations):
         kernel. Returns how many SQEs the kernel took. Does not wait.
         """
         if self._closed or self._forked or self._disabled or \
-                threading.get_ident() != self._owner:
+                get_ident() != self._owner:
             self._enable()
         self._pending_notified = False
         r = self._r
@@ -510,7 +511,7 @@ class Ring(Operations):
         its handlers; the caller's loop then carries on.
         """
         if self._closed or self._forked or self._disabled or \
-                threading.get_ident() != self._owner:
+                get_ident() != self._owner:
             self._enable()
         self._pending_notified = False
         if len(self._sq) or self._cq.undispatched:
@@ -542,13 +543,13 @@ class Ring(Operations):
         """
         if self._closed or self._dispatching:
             return 0
-        if self._forked or threading.get_ident() != self._owner:
+        if self._forked or get_ident() != self._owner:
             # (A fork child: the CQ mapping is shared with the parent, and harvesting
             # here would steal the parent's completions.)
             self._check_usable()
         self._dispatching = True
         try:
-            total = self._cq.dispatch(lambda: self._closed)
+            total = self._cq.dispatch()
         finally:
             self._dispatching = False
         if self._drain_waiters and not self._handles:
