@@ -26,6 +26,7 @@ without an outcome is the one that crashed. C{signal.alarm} turns a hang into SI
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -248,7 +249,7 @@ class Env:
         elif setup != "default":
             kw["setup"] = setup
         self.ring = txuring.Ring(8, **kw)
-        self.tmp = tempfile.mkdtemp(prefix="txuring-states-")
+        self.tmp = tempfile.mkdtemp(prefix="case-", dir=_BASE_TMP)
         self.path = self.tmp + "/file"
         with open(self.path, "wb") as f:
             f.write(b"0123456789" * 10)
@@ -524,10 +525,22 @@ def run_case(case):
         run_closed(case, kind, state)
 
 
+_BASE_TMP = None  # one directory for every case's files, removed at the end
+
+
 def main(cases):
+    global _BASE_TMP
     import txuring  # noqa: F401  (imported once, before the forks)
     from twisted.internet import epollreactor  # noqa: F401
 
+    _BASE_TMP = tempfile.mkdtemp(prefix="txuring-states-")
+    try:
+        run_cases(cases)
+    finally:
+        shutil.rmtree(_BASE_TMP, ignore_errors=True)
+
+
+def run_cases(cases):
     for case in cases:
         sys.stdout.flush()
         pid = os.fork()

@@ -506,7 +506,9 @@ def test_defect7_signal_storm_during_fill_completions_loses_nothing():
     """
     The issue's repro: SIGALRM every 200 us raising KeyboardInterrupt. The handler
     raises only when the signal lands in txuring's own code (the frame it interrupts is
-    txuring's), so that the test's own bookkeeping is never hit.
+    txuring's), so that the test's own bookkeeping is never hit, and not inside one
+    Handle's own completion (a half-run C{_final} is one op's business, which no loop
+    can make atomic): what must hold is that the loop around the dispatches loses none.
     """
     ring = txuring.Ring(256)
     handles = []
@@ -625,8 +627,9 @@ def test_defect9_cancel_sibling_waiter_from_a_callback():
         assert len(end1) == 1 and not hasattr(end1[0], "check"), \
             "cancelling the sibling raised in the callback: %s" % (
                 end1[0].getTraceback() if hasattr(end1[0], "getTraceback") else end1)
-        assert len(out2) == 1 and (out2[0] == 0 or
-                                   getattr(out2[0], "check", lambda *a: 0)(CancelledError)), out2
+        cancelled = getattr(out2[0], "check", lambda *a: False)(CancelledError) \
+            if out2 else False
+        assert len(out2) == 1 and (out2[0] == 0 or cancelled), out2
         assert not logged, [e.get("failure") or e for e in logged]
         assert ring.active_ops == 0
     finally:

@@ -384,7 +384,9 @@ class RingModel(RuleBasedStateMachine):
         t.join(10)
         assert outcome and isinstance(outcome[0], RuntimeError), \
             "an op from another thread gave %r" % (outcome,)
-        assert self.ring.active_ops == before
+        assert self.ring.active_ops == before, "the other thread's op was refused (%r) " \
+            "but left registered: active_ops %d -> %d" % (outcome, before,
+                                                         self.ring.active_ops)
 
     @rule()
     def fork_child_touches(self):

@@ -153,7 +153,8 @@ def _linked_judge(record):
     call = record["call"].split(":")[-1]
     # The ring is open here (once exit() is refused): the kernel's own answers (EBUSY
     # for a second eventfd) are fine.
-    if record["outcome"] == "raise" and not (_clear(record) or _is(record, "builtins.OSError")):
+    kernel_answer = _is(record, "builtins.OSError")
+    if record["outcome"] == "raise" and not (_clear(record) or kernel_answer):
         return "raised an unclear error: %s(%r)" % (record["mro"][0], record["msg"])
     if call in ("exit-first", "exit", "linked") and record["outcome"] == "ok":
         # exit(): the chain's ops are not in flight yet, but leaving the block would
