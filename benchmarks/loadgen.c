@@ -22,7 +22,9 @@
  * The run has two phases: WARMUP seconds of load that is not counted, then a measured
  * window of SECONDS. At both edges of the window the client reads the server's
  * utime+stime from /proc/SERVER_PID/stat and its own CPU time from getrusage(), so the
- * figures cover exactly the window. It prints one JSON object on stdout.
+ * figures cover exactly the window; and the whole machine's busy CPU time from /proc/stat,
+ * so that the suite can tell how much CPU other processes took meanwhile (busy_cpu_s).
+ * It prints one JSON object on stdout.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -96,6 +98,21 @@ static double server_cpu(void)
     if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / sysconf(_SC_CLK_TCK);
+}
+
+/* CPU seconds all CPUs spent busy (not idle, not waiting for I/O), from /proc/stat. */
+static double busy_cpu(void)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / sysconf(_SC_CLK_TCK);
 }
 
 static double self_cpu(void)
@@ -303,7 +320,7 @@ int main(int argc, char **argv)
 
     long long units = 0, errors = 0;
     int measuring = 0;
-    double t0 = 0, scpu0 = 0, ccpu0 = 0, warm_end = start + warmup, end = warm_end + seconds;
+    double t0 = 0, scpu0 = 0, ccpu0 = 0, busy0 = 0, warm_end = start + warmup, end = warm_end + seconds;
     struct epoll_event events[512];
     for (;;) {
         double t = now();
@@ -316,6 +333,7 @@ int main(int argc, char **argv)
             t0 = t;
             scpu0 = server_cpu();
             ccpu0 = self_cpu();
+            busy0 = busy_cpu();
         }
         if (t >= end)
             break;
@@ -464,11 +482,11 @@ int main(int argc, char **argv)
             }
         }
     }
-    double t1 = now(), scpu1 = server_cpu(), ccpu1 = self_cpu();
+    double t1 = now(), scpu1 = server_cpu(), ccpu1 = self_cpu(), busy1 = busy_cpu();
     printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"units\": %lld, "
            "\"seconds\": %.6f, \"server_cpu_s\": %.3f, \"client_cpu_s\": %.6f, "
-           "\"p50_us\": %.1f, \"p99_us\": %.1f, \"errors\": %lld}\n",
+           "\"busy_cpu_s\": %.3f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"errors\": %lld}\n",
            mode, nconn, size, units, t1 - t0, scpu0 < 0 || scpu1 < 0 ? -1 : scpu1 - scpu0,
-           ccpu1 - ccpu0, percentile(0.5), percentile(0.99), errors);
+           ccpu1 - ccpu0, busy0 < 0 || busy1 < 0 ? -1 : busy1 - busy0, percentile(0.5), percentile(0.99), errors);
     return 0;
 }

@@ -248,6 +248,11 @@ def run_load(exe, workload, server, warmup, seconds, cpu):
         "client_cpu_s": raw["client_cpu_s"],
         "server_cpu_share": raw["server_cpu_s"] / raw["seconds"],
         "client_cpu_share": raw["client_cpu_s"] / raw["seconds"],
+        # CPU the rest of the machine used meanwhile (other processes, this harness),
+        # in CPUs: how noisy the window was.
+        "others_cpu_share": (max(0.0, raw["busy_cpu_s"] - raw["server_cpu_s"]
+                                 - raw["client_cpu_s"]) / raw["seconds"]
+                             if raw.get("busy_cpu_s", -1) >= 0 else None),
         "cpu_us_per_unit": (raw["server_cpu_s"] * 1e6 / units
                             if units and raw["server_cpu_s"] >= 0 else None),
         "errors": raw["errors"],
@@ -311,6 +316,7 @@ def summarize_workload(workload, per_server):
         rates = [s["rate"] for s in samples]
         row = {"n": len(samples), "rate": summarize(rates)}
         for key in ("cpu_us_per_unit", "server_cpu_share", "client_cpu_share",
+                    "others_cpu_share",
                     "p50_us", "p99_us"):
             row[key] = median_of(samples, key)
         out[name] = row
@@ -340,7 +346,7 @@ def report(workload, summary, labels):
                "cpu vs epoll"]
     if workload.latency:
         headers += ["p50 us", "p99 us"]
-    headers += ["srv cpu", "client cpu"]
+    headers += ["srv cpu", "client cpu", "others"]
     spec = "{:,.1f}" if workload.per_byte else "{:,.0f}"
     rows = []
     for n, r in summary.items():
@@ -350,7 +356,8 @@ def report(workload, summary, labels):
                fmt_ratio(r["cpu_vs_epoll"])]
         if workload.latency:
             row += [fmt(r["p50_us"]), fmt(r["p99_us"])]
-        row += [fmt(r["server_cpu_share"], "{:.0%}"), fmt(r["client_cpu_share"], "{:.0%}")]
+        row += [fmt(r["server_cpu_share"], "{:.0%}"), fmt(r["client_cpu_share"], "{:.0%}"),
+                fmt(r["others_cpu_share"], "{:.0%}")]
         rows.append(row)
     return table(headers, rows)
 
