@@ -46,7 +46,7 @@
 #include <openssl/ssl.h>
 #endif
 
-#define HIST_US 200000 /* latency histogram: 1 us buckets up to 200 ms */
+#define HIST_US 2000000 /* latency histogram: 1 us buckets up to 2 s (more counts as 2 s) */
 #define HTTP_BUF 8192
 
 static unsigned *hist;

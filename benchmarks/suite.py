@@ -608,6 +608,13 @@ def main(argv=None):
              results["meta"]["kernel"], results["meta"]["cpus"], args.repeat, args.seconds,
              args.warmup, "pinned to CPU 0, clients to CPU 1" if args.pin else "unpinned",
              results["meta"]["loadavg_start"], results["meta"]["loadavg_end"]))
+    others = [x["others_cpu_share"] for per in samples.values() for ss in per.values()
+              for x in ss if x.get("others_cpu_share") is not None]
+    if others:
+        results["meta"]["others_cpu_share_median"] = summarize(others)["median"]
+        print("the rest of the machine used a median %.0f%% of a CPU during the measured "
+              "windows (column 'others'; more than ~10%% means the box was shared)"
+              % (results["meta"]["others_cpu_share_median"] * 100))
     print("command: " + results["meta"]["command"])
     for s in servers:
         print("  %-14s %s" % (labels.get(s, s), results["servers"].get(s, {}).get("reactor")))
