@@ -35,6 +35,7 @@ import copy
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import subprocess
@@ -166,11 +167,26 @@ def make_certificate(workdir):
 
 # -- server processes -----------------------------------------------------------------
 
+#: How much to raise the benchmark processes' priority (--nice); 0 leaves it alone.
+PRIORITY_BOOST = 0
+
+
 def affinity(cpu):
-    """A preexec_fn pinning the child to C{cpu}, or None for no pinning."""
-    if cpu is None:
+    """
+    A preexec_fn pinning the child to C{cpu} (None: no pinning) and raising its priority by
+    L{PRIORITY_BOOST}; None when there is nothing to do.
+    """
+    boost = PRIORITY_BOOST
+    if cpu is None and not boost:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def setup():
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if boost:
+            os.setpriority(os.PRIO_PROCESS, 0, -boost)
+
+    return setup
 
 
 class Server:
@@ -192,8 +208,10 @@ class Server:
                 cmd += ["--tls-cert", cert[0], "--tls-key", cert[1]]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
                                         preexec_fn=affinity(cpu))
-        line = self.process.stdout.readline()
+        ready, _, _ = select.select([self.process.stdout], [], [], 60)
+        line = self.process.stdout.readline() if ready else ""
         if not line:
+            self.process.kill()
             self.process.wait(10)
             raise RuntimeError("server %s exited with %s before listening"
                                % (name, self.process.returncode))
@@ -409,14 +427,16 @@ def plot(results, servers, path):
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.5),
                              gridspec_kw={"width_ratios": [4, 4, 1.3]})
     width = 0.8 / max(1, len(servers))
-    for panel, key, title in ((0, "rate_vs_epoll", "throughput / EPollReactor's (higher is better)"),
-                              (1, "cpu_vs_epoll", "server CPU per unit / EPollReactor's (lower is better)")):
+    for panel, key, title in ((0, "rate_vs_epoll", "throughput / EPollReactor's (log; higher is better)"),
+                              (1, "cpu_vs_epoll",
+                               "server CPU per unit / EPollReactor's (log; lower is better)")):
         ax = axes[panel]
         for i, server in enumerate(servers):
-            values = [results["workloads"][n]["summary"].get(server, {}).get(key) or 0
-                      for n in names]
+            values = [results["workloads"][n]["summary"].get(server, {}).get(key)
+                      or float("nan") for n in names]
             ax.bar([x + i * width for x in range(len(names))], values, width,
                    label=results["labels"][server])
+        ax.set_yscale("log")
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ax.set_xticks([x + width * (len(servers) - 1) / 2 for x in range(len(names))])
         ax.set_xticklabels(names, rotation=30, ha="right")
@@ -456,11 +476,16 @@ def parse_args(argv):
                         help="uncounted load before the window (default 0.5, quick 0.15)")
     parser.add_argument("--pin", action="store_true",
                         help="pin servers to CPU 0 and load generators to CPU 1")
+    parser.add_argument("--nice", type=int, default=0, metavar="N",
+                        help="run servers and load generators at nice -N, ahead of other "
+                        "processes of a shared machine (needs root or CAP_SYS_NICE)")
     parser.add_argument("--idle-conns", type=int, default=2000,
                         help="connections for the memory workload")
     parser.add_argument("--json", default="suite-results.json", help="where the JSON goes")
     parser.add_argument("--plot", default="suite-results.png", help="where the PNG goes")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="only draw --plot again from the JSON of an earlier run")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (3 if args.quick else 5)
     args.seconds = args.seconds or (0.3 if args.quick else 1.5)
@@ -491,6 +516,22 @@ def server_label(name, info):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.replot:
+        with open(args.replot) as f:
+            earlier = json.load(f)
+        done = plot(earlier, [s for s in SERVERS if s in earlier["labels"]], args.plot)
+        if done:
+            print("plot: " + done)
+        return earlier
+    global PRIORITY_BOOST
+    PRIORITY_BOOST = args.nice
+    if args.nice:
+        probe = subprocess.run([sys.executable, "-c", "import os; os.setpriority("
+                                "os.PRIO_PROCESS, 0, -%d)" % args.nice],
+                               capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise SystemExit("--nice %d: not allowed here (needs root or CAP_SYS_NICE)"
+                             % args.nice)
     cc = compiler()
     if cc is None:
         raise SystemExit("no C compiler found (set CC): the load generators are C programs")
@@ -512,7 +553,7 @@ def main(argv=None):
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "repeat": args.repeat, "seconds": args.seconds, "warmup": args.warmup,
-            "pinned": args.pin,
+            "pinned": args.pin, "nice": -args.nice,
             "loadavg_start": loadavg(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         },
@@ -603,10 +644,11 @@ def main(argv=None):
     results["failures"] = failures
     print()
     print("python %s, Twisted %s, kernel %s, %d CPUs; %d repeats, %.2f s windows after "
-          "%.2f s warm-up; servers %s; load average %s at start, %s at end"
+          "%.2f s warm-up; servers %s, nice %d; load average %s at start, %s at end"
           % (results["meta"]["python"], results["meta"].get("twisted", "?"),
              results["meta"]["kernel"], results["meta"]["cpus"], args.repeat, args.seconds,
              args.warmup, "pinned to CPU 0, clients to CPU 1" if args.pin else "unpinned",
+             -args.nice,
              results["meta"]["loadavg_start"], results["meta"]["loadavg_end"]))
     others = [x["others_cpu_share"] for per in samples.values() for ss in per.values()
               for x in ss if x.get("others_cpu_share") is not None]
