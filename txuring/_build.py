@@ -59,6 +59,7 @@ struct txu_ring {
     unsigned long long harvested;
     unsigned batch_n;
     unsigned batch_next;
+    unsigned sqe_tail;
     ...;
 };
 struct txu_bufring { unsigned entries; unsigned short bgid; unsigned lent; ...; };
@@ -92,6 +93,7 @@ int txu_probe(struct txu_ring *r, unsigned char *supported, unsigned nsupported)
 int txu_bufring_setup(struct txu_ring *r, struct txu_bufring *b, unsigned entries,
                       unsigned short bgid, char *base, unsigned buf_size);
 int txu_bufring_free(struct txu_ring *r, struct txu_bufring *b);
+int txu_bufring_deliver(struct txu_bufring *b, unsigned bid);
 int txu_bufring_lend(struct txu_bufring *b, unsigned bid);
 int txu_bufring_provide(struct txu_bufring *b, unsigned bid);
 int txu_bufring_recycle(struct txu_bufring *b, unsigned bid);

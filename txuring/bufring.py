@@ -10,15 +10,18 @@ by publishing it at the ring's tail again.
 Why the ownership rules: a buffer published twice is handed to the kernel twice, and
 the kernel then writes two arrivals into one buffer; an id out of range would make it
 write outside the buffers altogether. So the C core keeps, per buffer, who owns it
-(published: the kernel's; lent: the caller's, between L{BufferRing.lend} and
-L{BufferRing.provide}), computes every address itself from a checked id, and refuses a
-hand-back of a buffer it did not lend. The one obvious safe way to get a CQE's bytes is
+(published: the kernel's; delivered: a dispatched CQE carried it, marked by the op's
+Handle; lent: the caller's, between L{BufferRing.lend} and L{BufferRing.provide}),
+computes every address itself from a checked id, takes or lends only a delivered
+buffer (a CQE taken twice, or flags made up, are refused), and refuses a hand-back of
+a buffer it did not lend. The one obvious safe way to get a CQE's bytes is
 L{BufferRing.take} (copy, then hand back); L{BufferRing.borrow} is the zero-copy way,
 as a context manager that hands the buffer back when the block ends.
 """
 
 import errno
 from contextlib import contextmanager
+from threading import get_ident
 
 from txuring import errors
 from txuring._core import ffi, lib
@@ -69,6 +72,13 @@ class BufferRing:
         self.closed = False
         ring._buffer_rings[group_id] = self
 
+    def _check_caller(self):
+        """Refuse a fork child and a thread other than the ring's owner (the C core
+        updates the buffer ring's tail without atomics, with the GIL released)."""
+        ring = self._ring
+        if ring._forked or get_ident() != ring._owner and ring._owner is not None:
+            ring._check_usable()
+
     def _bid(self, flags):
         """The buffer id a CQE names; ValueError for a CQE that used none."""
         if not flags & CQE_F_BUFFER:
@@ -91,8 +101,10 @@ class BufferRing:
             raise ValueError("buffer %d was not lent, so it can not be handed back: it is "
                              "the kernel's, and a second hand-back would give it to the "
                              "kernel twice" % (bid,))
-        raise ValueError("buffer %d is lent to the caller already (lend()/borrow()): hand "
-                         "it back with provide() first" % (bid,))
+        raise ValueError("buffer %d can not be %s: no CQE dispatched since it was last "
+                         "handed back carries it (each CQE's buffer is taken or lent "
+                         "once), or it is lent already"
+                         % (bid, {"taking": "taken", "lending": "lent"}[doing]))
 
     @property
     def lent(self):
@@ -112,8 +124,7 @@ class BufferRing:
         harvested before the group was closed) the bytes are still returned, and there
         is no kernel to hand the buffer back to.
         """
-        if self._ring._forked:
-            self._ring._check_usable()  # a fork child: the parent's buffers
+        self._check_caller()
         if not flags & CQE_F_BUFFER:
             return b""
         bid = flags >> CQE_BUFFER_SHIFT
@@ -135,8 +146,7 @@ class BufferRing:
         the view must not be used after that. Prefer L{take} or L{borrow}.
         """
         bid = self._bid(flags)
-        if self._ring._forked:
-            self._ring._check_usable()
+        self._check_caller()
         if self.closed:
             self._check(-errno.EBADFD, bid, "lending")
         self._check(lib.txu_bufring_lend(self._b, bid), bid, "lending")
@@ -164,8 +174,7 @@ class BufferRing:
         """Hand lent buffer C{bid} back to the kernel. Refused for a buffer not lent."""
         if not isinstance(bid, int):
             raise TypeError("a buffer id is an int, not %s" % (type(bid).__name__,))
-        if self._ring._forked:
-            self._ring._check_usable()
+        self._check_caller()
         if self.closed:
             self._check(-errno.EBADFD, bid, "handing back")
         self._check(lib.txu_bufring_provide(self._b, bid) if 0 <= bid < 65536
@@ -178,6 +187,11 @@ class BufferRing:
         """
         if self.closed:
             return
+        self._check_caller()
+        self._release()
+
+    def _release(self):
+        """Unregister and unmap (no checks: close() and the ring's exit made them)."""
         self.closed = True
         ring = self._ring
         if ring._buffer_rings.get(self.group_id) is self:

@@ -17,7 +17,10 @@ Why it is built this way:
     loop's back edge and the return of a C call, never inside the plain loads and
     stores below: the one window left is the entry of the target's own method, and
     the target's C{_cqes} counter, bumped first thing there, tells whether the CQE got
-    in. If it did not, it is handed over again.)
+    in. If it did not, it is handed over again; if it did and the target has a
+    C{_finish} method, as a Handle does, that is called again at the next dispatch to
+    finish delivering it: a Handle's waiters are each answered exactly once, its
+    callback at most once.)
 
   - The targets are whatever the ring's table maps a user_data to: a
     L{txuring.handle.Handle}, or a lean record of txuring's own transports. They have
@@ -50,11 +53,23 @@ class CompletionQueue:
         self._user_data = ffi.new("uint64_t[]", batch)
         self._res = ffi.new("int32_t[]", batch)
         self._flags = ffi.new("uint32_t[]", batch)
+        #: targets whose final delivery an exception stopped half-way (their _finish
+        #: goes on with it at the next dispatch)
+        self._unfinished = []
+        #: set in a fork child (by the ring's at-fork hook): a callback that forked
+        #: returns into the loop in the child too, which must not go on handing the
+        #: parent's CQEs to the child's copies of their targets
+        self.forked = False
 
     @property
     def undispatched(self):
         """CQEs harvested and not yet handed over (an exception interrupted them)."""
         return self._r.batch_n - self._r.batch_next
+
+    @property
+    def unfinished(self):
+        """Final CQEs taken whose delivery an exception stopped half-way."""
+        return len(self._unfinished)
 
     @property
     def dispatched(self):
@@ -73,7 +88,11 @@ class CompletionQueue:
         unpack = ffi.unpack
         batch = self.batch
         total = 0
-        while r.fd >= 0:  # (a target may close the ring: then its mappings are gone)
+        unfinished = self._unfinished
+        while unfinished:
+            unfinished[0]._finish()  # (idempotent: may run again if interrupted)
+            del unfinished[0]
+        while r.fd >= 0 and not self.forked:  # (a target may close the ring, or fork)
             i = r.batch_next
             n = r.batch_n
             if i >= n:
@@ -89,6 +108,8 @@ class CompletionQueue:
             # interrupts the loop, the handler below writes it back first thing.
             try:
                 while i < n:
+                    if self.forked:
+                        break
                     ud = user_data[i]
                     res = results[i]
                     flags = flagss[i]
@@ -113,6 +134,8 @@ class CompletionQueue:
                             if not flags & CQE_F_MORE:
                                 handles[ud] = target
                             i -= 1
+                        elif not flags & CQE_F_MORE and hasattr(target, "_finish"):
+                            unfinished.append(target)  # its delivery goes on later
                         raise
             except BaseException:
                 r.batch_next = i

@@ -16,6 +16,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.python import log
 from twisted.python.failure import Failure
 
+from txuring._core import lib
 from txuring.errors import error_of_errno
 
 # Handle.state
@@ -25,6 +26,11 @@ DONE = 2  # its final CQE has arrived; the kernel holds nothing of it any more
 
 _F_MORE = 1 << 1  # IORING_CQE_F_MORE: more CQEs will follow for this SQE (5.13)
 _F_NOTIF = 1 << 3  # IORING_CQE_F_NOTIF: send_zc's buffer-release notification (6.0)
+
+_F_BUFFER = 1 << 0  # IORING_CQE_F_BUFFER: the CQE used a provided buffer (5.7)
+_BUFFER_SHIFT = 16  # its id is in the flags' upper 16 bits
+
+_UNSET = object()
 
 
 class Handle:
@@ -64,6 +70,9 @@ class Handle:
         "_zc_result",
         "_ok_errnos",
         "_released",
+        "_taken",
+        "_converted",
+        "_bufring",
         "__weakref__",
     )
 
@@ -95,6 +104,9 @@ class Handle:
         self._zc_result = None
         self._ok_errnos = ok_errnos
         self._released = False  # the result was released (an fd closed): gone for good
+        self._taken = False  # a waiter received the result
+        self._converted = _UNSET  # the outcome, once computed
+        self._bufring = None  # the struct txu_bufring * its CQEs' buffers come from
 
     def __repr__(self):
         return "<Handle %s #%d %s result=%r>" % (
@@ -107,6 +119,9 @@ class Handle:
 
     def _more(self, res, flags):
         """A CQE with C{IORING_CQE_F_MORE}: the op goes on."""
+        if flags & _F_BUFFER and self._bufring is not None:
+            # (Idempotent, so before the count: a CQE handed over again is marked again.)
+            lib.txu_bufring_deliver(self._bufring, flags >> _BUFFER_SHIFT)
         self._cqes += 1
         if self.callback is not None:
             self.callback(res, flags)
@@ -114,10 +129,9 @@ class Handle:
             self._zc_result = res
 
     def _final(self, res, flags):
-        """
-        The op's last CQE: release what the kernel held and answer the waiters. The
-        waiters are answered even if the callback raises a BaseException.
-        """
+        """The op's last CQE: release what the kernel held, then deliver (L{_finish})."""
+        if flags & _F_BUFFER and self._bufring is not None:
+            lib.txu_bufring_deliver(self._bufring, flags >> _BUFFER_SHIFT)
         self._cqes += 1
         if flags & _F_NOTIF and self._zc_result is not None:
             res = self._zc_result  # the notification carries no byte count
@@ -125,40 +139,61 @@ class Handle:
         self.result = res
         self.flags = flags
         self._keep = None
-        try:
-            if self.callback is not None:
-                _call_safely(self.callback, res, flags)
-        finally:
-            waiters, self._waiters = self._waiters, None
-            if waiters is not None:
-                self._answer(waiters, res)
+        self._finish()
 
-    def _answer(self, waiters, res):
-        if res < 0 and -res not in self._ok_errnos:
-            outcome = Failure(error_of_errno(res, self.filename, self.filename2))
-        elif self._convert is not None:
-            try:
-                outcome = self._convert(res)
-            except BaseException:
-                outcome = Failure()
-        else:
-            outcome = res
-        taken = False
+    def _finish(self):
+        """
+        Deliver the final CQE: the callback (at most once), then every waiter (exactly
+        once each), then the release of a result nobody took. Idempotent: when an
+        exception (a signal handler's) stops it half-way, the ring calls it again and it
+        goes on where it stopped (see L{txuring.cqueue}).
+        """
+        callback = self.callback
+        if callback is not None:
+            self.callback = None  # (before the call: a callback runs at most once)
+            _call_safely(callback, self.result, self.flags)
+        if self._waiters is not None:
+            self._answer(self._waiters)
+            self._waiters = None
+
+    def _outcome(self):
+        """The op's result for its waiters: a value, or a Failure. Computed once."""
+        outcome = self._converted
+        if outcome is _UNSET:
+            res = self.result
+            if res < 0 and -res not in self._ok_errnos:
+                outcome = Failure(error_of_errno(res, self.filename, self.filename2))
+            elif self._convert is not None:
+                try:
+                    outcome = self._convert(res)
+                except Exception:
+                    outcome = Failure()
+            else:
+                outcome = res
+            self._converted = outcome
+        return outcome
+
+    def _answer(self, waiters):
+        """
+        Fire every waiter not yet fired; unpause those cancelled meanwhile (paused with
+        CancelledError, waiting for the kernel to let go). Safe to run again: a waiter
+        already fired is called and not paused, and is skipped.
+        """
+        outcome = self._outcome()
         interrupted = None
-        # Every waiter is answered even if one's callbacks raise a BaseException; a
-        # waiter cancelled meanwhile (by another's callback) is paused, waiting for us.
         for d in list(waiters):
             try:
-                if d.called:
-                    d.unpause()
-                else:
-                    taken = True
+                if not d.called:
+                    self._taken = True
                     d.callback(outcome)
-            except BaseException as e:
+                elif d.paused:
+                    d.unpause()
+            except BaseException as e:  # every waiter is answered before it goes on
                 if interrupted is None:
                     interrupted = e
-        if not taken and self._release is not None and not isinstance(outcome, Failure):
-            self._released = True
+        if not self._taken and not self._released and self._release is not None \
+                and not isinstance(outcome, Failure):
+            self._released = True  # (before: a result is released at most once)
             try:
                 self._release(outcome)
             except Exception:
@@ -175,7 +210,7 @@ class Handle:
             d.errback(Failure(CancelledError(
                 "%s was cancelled and its result released" % (self.op,))))
         else:
-            self._answer([d], self.result)
+            self._answer([d])
         return d
 
     def _add_waiter(self, ring):

@@ -368,20 +368,22 @@ class Operations:
         region = self._chunk_region(chunk)
         n = _length(chunk.length, nbytes)
         # The chunk is busy until the final CQE: Region.free refuses it meanwhile.
-        h = self._new_handle(op, keep=(chunk,), callback=chunk._unbusy)
+        h = self._new_handle(op, keep=(chunk,))
         fd, offset = _fd(fd), _offset(offset)
         if region.fixed:
             self._require(op)
-        # Busy before the push: once queued, the op may reach the kernel at any submit.
-        chunk._busy += 1
+        # Busy from before the push (once queued, the op may reach the kernel at any
+        # submit) until the Handle is done: derived from its state, no callback that
+        # an exception could skip.
+        chunk._ops.append(h)
         try:
             if region.fixed:
                 self._push(h, fixed_prep, fd, chunk._ptr, n, offset, region.buf_index)
             else:
                 self._push(h, plain_prep, fd, chunk._ptr, n, offset)
         except BaseException:
-            if h.user_data not in self._handles and h.state != DONE:
-                chunk._busy -= 1  # refused at the call: nothing reached the ring
+            if h.user_data not in self._handles:
+                h.state = DONE  # refused at the call: it will never run
             raise
         return h
 
@@ -400,6 +402,18 @@ class Operations:
             raise ValueError("this chunk's region is closed")
         return region
 
+    def _buffer_ring_of(self, buffer_ring):
+        """The C{struct txu_bufring *} of a BufferRing of this ring, open."""
+        if getattr(buffer_ring, "_ring", None) is not self:
+            if not hasattr(buffer_ring, "group_id"):
+                raise TypeError("expected a txuring.BufferRing, not %s"
+                                % (type(buffer_ring).__name__,))
+            raise ValueError("this BufferRing belongs to another ring (only its group id "
+                             "would reach the kernel: another ring's buffers)")
+        if buffer_ring.closed:
+            raise errors.RingClosed("this BufferRing is closed; make a new one")
+        return buffer_ring._b
+
     def read_multishot(self, fd, buffer_ring, callback, offset=-1):
         """
         IORING_OP_READ_MULTISHOT (6.7): read(2) whenever data arrives (pipes, eventfds,
@@ -408,6 +422,7 @@ class Operations:
         """
         self._require("read_multishot")
         h = self._new_handle("read_multishot", keep=(buffer_ring,), callback=callback)
+        h._bufring = self._buffer_ring_of(buffer_ring)
         return self._push(h, lib.txu_prep_read_multishot, _fd(fd), buffer_ring.group_id,
                           _offset(offset))
 
@@ -648,6 +663,7 @@ class Operations:
         """
         self._require("recv_multishot")
         h = self._new_handle("recv_multishot", keep=(buffer_ring,), callback=callback)
+        h._bufring = self._buffer_ring_of(buffer_ring)
         return self._push(h, lib.txu_prep_recv_multishot, _fd(fd), buffer_ring.group_id,
                           _nonneg(flags, "flags"))
 

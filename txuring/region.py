@@ -20,6 +20,11 @@ from txuring import errors
 from txuring._core import ffi, lib
 
 
+#: The kernel registers buffers of at most 1 GiB each (io_uring_register(2),
+#: IORING_REGISTER_BUFFERS): larger ones fail with EFAULT or EINVAL.
+_MAX_FIXED_BUFFER = 1 << 30
+
+
 class Chunk:
     """
     One block of a L{Region}.
@@ -31,7 +36,7 @@ class Chunk:
     @ivar freed: whether it went back to the Region.
     """
 
-    __slots__ = ("region", "index", "offset", "length", "_ptr", "freed", "_busy")
+    __slots__ = ("region", "index", "offset", "length", "_ptr", "freed", "_ops")
 
     def __init__(self, region, index):
         self.region = region
@@ -40,7 +45,7 @@ class Chunk:
         self.length = region.block_size
         self._ptr = region._base + self.offset
         self.freed = False
-        self._busy = 0  # ops in flight on this chunk
+        self._ops = []  # Handles of the ops started on it (busy until all are done)
 
     def memoryview(self):
         """A zero-copy, writable view of the chunk's bytes."""
@@ -55,8 +60,13 @@ class Chunk:
         """Give the chunk back to its Region (see L{Region.free})."""
         self.region.free(self)
 
-    def _unbusy(self, res, flags):
-        self._busy -= 1
+    @property
+    def _busy(self):
+        """Whether an op on it may still be in the kernel's hands."""
+        ops = self._ops
+        if ops:
+            ops[:] = [h for h in ops if not h.done]
+        return bool(ops)
 
     def __repr__(self):
         return "<Chunk %d of %r%s>" % (self.index, self.region, " freed" if self.freed else "")
@@ -83,6 +93,10 @@ class Region:
             raise ValueError("block_size must be an int > 0")
         if ring._fixed is not None:
             raise ValueError("this ring already has a Region; close it first")
+        if nblocks * block_size > _MAX_FIXED_BUFFER and not fallback:
+            raise ValueError("a registered buffer is at most 1 GiB (the kernel's limit "
+                             "per buffer, whatever RLIMIT_MEMLOCK says); ask for fewer "
+                             "or smaller blocks than %d x %d" % (nblocks, block_size))
         self.ring = ring
         self.block_size = block_size
         self.buf_index = 0
@@ -97,6 +111,11 @@ class Region:
         ring._fixed = self
 
     def _register(self, fallback):
+        if len(self._mem) > _MAX_FIXED_BUFFER:
+            warnings.warn("a %d-byte region is more than the 1 GiB the kernel registers "
+                          "as one fixed buffer; carrying on without fixed buffers"
+                          % (len(self._mem),), RuntimeWarning, stacklevel=3)
+            return False
         iov = ffi.new("struct iovec *")
         iov.iov_base = self._base
         iov.iov_len = len(self._mem)
@@ -143,6 +162,7 @@ class Region:
         A Deferred of a chunk: at once if one is free, else when one is freed (freed
         chunks go to waiters first, in order). Cancelling it leaves the queue.
         """
+        self._check_open()
         if self._free and not self._waiters:
             d = Deferred()
             d.callback(self.alloc())

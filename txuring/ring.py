@@ -76,6 +76,9 @@ _user_data = itertools.count(1)
 #: Ring ids, for telling a Handle of another ring (L{Handle.ring_id}).
 _ring_ids = itertools.count(1)
 
+#: Waits longer than this many seconds (a century) have no limit.
+_FOREVER = 100 * 365 * 86400
+
 #: Every open Ring, so that a fork can mark them unusable in the child.
 _live_rings = weakref.WeakSet()
 
@@ -89,6 +92,7 @@ def _after_fork_in_child():
     for ring in list(_live_rings):
         ring._forked = True
         ring._r.forked = 1  # the C core refuses to touch the parent's ring from here on
+        ring._cq.forked = True  # a dispatch under way (a callback forked) stops
     for ring in _abandoned:  # the parent reaps them; the child only drops its copies
         lib.txu_close(ring._r)
         ring._closed = True
@@ -106,12 +110,13 @@ def _reap_abandoned():
     """
     me = get_ident()
     for ring in list(_abandoned):
-        if ring._owner != me:
+        if ring._owner != me and not ring._owner_gone():
             continue
         try:
-            ring.cqe_ready(0)
-            ring.fill_completions()
-            if not ring._handles:
+            if ring._owner == me:
+                ring.cqe_ready(0)
+                ring.fill_completions()
+            if not ring._handles or ring._owner_gone():
                 _abandoned.remove(ring)
                 ring.exit()
         except Exception:
@@ -166,8 +171,10 @@ class Ring(Operations):
             raise ValueError("polling_timeout must be None or milliseconds >= 0")
         if setup != "auto" and setup not in SETUP_CHAIN:
             raise ValueError("setup must be 'auto' or one of %s" % (sorted(SETUP_CHAIN),))
-        if batch is not None and (not isinstance(batch, int) or batch <= 0):
-            raise ValueError("batch must be None or an int > 0")
+        if batch is not None and (not isinstance(batch, int) or
+                                  not 0 < batch <= params.MAX_CQ_ENTRIES):
+            raise ValueError("batch must be None or an int from 1 to %d (the largest CQ)"
+                             % (params.MAX_CQ_ENTRIES,))
         cq_entries = params.cq_entries_for(queue_depth, cq_depth)
         if _abandoned:
             _reap_abandoned()
@@ -182,21 +189,30 @@ class Ring(Operations):
         self._owner_thread = None if start_disabled else threading.current_thread()
         params.create(self._r, queue_depth, cq_entries, setup, start_disabled,
                       polling_timeout)
+        try:
+            self._init_state(ext_arg, start_disabled, on_pending, batch)
+        except BaseException:
+            lib.txu_close(self._r)  # (nothing else was given to the kernel yet)
+            raise
         self._closed = False
+        _live_rings.add(self)
+
+    # ---- lifecycle: owner thread, fork, exit ----
+
+    def _init_state(self, ext_arg, start_disabled, on_pending, batch):
+        """The Python side of a ring the kernel has just made (see __init__)."""
         self.queue_depth = self._r.sq_entries
         self.cq_depth = self._r.cq_entries
         self.setup_flags = self._r.setup_flags & ~params.SETUP_CQSIZE
         self.features = self._r.features
-        self._ext_arg = bool(self.features & params.FEAT_EXT_ARG) if ext_arg is None else \
-            bool(ext_arg and self.features & params.FEAT_EXT_ARG)
+        self._ext_arg = bool(self.features & params.FEAT_EXT_ARG) if ext_arg is None \
+            else bool(ext_arg and self.features & params.FEAT_EXT_ARG)
         if self.setup_flags & SETUP_SQPOLL and not self._ext_arg:
             # Before EXT_ARG a wait is bounded by a timeout SQE whose timespec lives in
             # the ring's struct; the SQ thread may read it after a later wait rewrote
             # it (or after the struct is gone). SQPOLL before 5.11 needed root anyway.
-            lib.txu_close(self._r)
-            self._closed = True
-            raise ValueError("SQPOLL (polling_timeout) needs EXT_ARG waits (Linux 5.11); "
-                             "this ring has none")
+            raise ValueError("SQPOLL (polling_timeout) needs EXT_ARG waits (Linux "
+                             "5.11); this ring has none")
         self._disabled = bool(start_disabled)
         self.on_pending = on_pending
         self._pending_notified = False  # on_pending was called since the last submit
@@ -215,9 +231,6 @@ class Ring(Operations):
         self._supported = self._probe()
         #: op names the kernel has: one set lookup per op call (see Operations._require)
         self._ops_ok = frozenset(name for name in OPCODES if self.op_supported(name))
-        _live_rings.add(self)
-
-    # ---- lifecycle: owner thread, fork, exit ----
 
     def _probe(self):
         supported = ffi.new("unsigned char[256]")
@@ -225,6 +238,11 @@ class Ring(Operations):
             # Before 5.6 there is no probe: let the kernel answer each op instead.
             return bytes([1]) * 256
         return bytes(supported)
+
+    def _check_thread(self):
+        """Raise unless the calling thread owns this ring (or nobody does yet)."""
+        if get_ident() != self._owner and self._owner is not None:
+            self._check_usable()
 
     def _check_usable(self):
         """Raise unless the calling thread may use this ring now."""
@@ -247,7 +265,8 @@ class Ring(Operations):
         Close the ring. Refused with L{RingBusy} while ops are in flight (see L{drain}),
         since the kernel could still write into their buffers, and inside a
         C{ring.linked()} block. Only the owner thread may close it, unless that thread
-        has ended. Idempotent.
+        has ended: the kernel cancels and waits for a thread's ops when it exits, so
+        ops left in flight by a dead owner end here with ECANCELED. Idempotent.
         """
         if self._closed:
             return
@@ -256,33 +275,63 @@ class Ring(Operations):
             lib.txu_close(self._r)
             self._closed = True
             return
-        if get_ident() != self._owner and self._owner is not None \
-                and self._owner_thread.is_alive():
-            self._check_usable()
         if self._sq.chain is not None:
             raise errors.RingBusy("exit() inside a ring.linked() block: leave the block "
                                   "first (its ops are about to be submitted)")
-        if self._handles or len(self._sq):
-            raise errors.RingBusy(
-                "%d operations are in flight on this ring; wait for drain() before exit()"
-                % (self.active_ops,))
+        owner_gone = self._owner_gone()
+        if not owner_gone:
+            self._check_thread()
+        if self.active_ops or len(self._sq):
+            if not owner_gone:
+                raise errors.RingBusy(
+                    "%d operations are in flight on this ring; wait for drain() before "
+                    "exit()" % (self.active_ops,))
+            self._end_all(-errno.ECANCELED)
+        self._release()
+
+    def _owner_gone(self):
+        """
+        Whether the owner thread has ended, in the kernel too: its task (whose exit
+        cancels and waits for every op it submitted) is gone from /proc.
+        """
+        owner = self._owner_thread
+        return owner is not None and not owner.is_alive() and not os.path.exists(
+            "/proc/self/task/%d" % (owner.native_id,))
+
+    def _end_all(self, res):
+        """End every op the kernel holds nothing of any more, as if with C{res}."""
+        self._sq.clear()
+        while self._handles:
+            _, target = self._handles.popitem()
+            try:
+                target._final(res, 0)
+            except Exception:
+                log.err(None, "ending an op of a ring whose owner thread ended")
+        self._cq.dispatch()  # (finishes deliveries an exception stopped half-way)
+
+    def _release(self):
+        """Give the ring back to the kernel (no checks: exit() and __del__ made them)."""
         for bufring in list(self._buffer_rings.values()):
-            bufring.close()
-        if self._fixed is not None:
-            self._fixed._forget()
+            bufring._release()
         lib.txu_close(self._r)
         self._closed = True
         _live_rings.discard(self)
+        if self._fixed is not None:
+            self._fixed._forget()  # (after the close: its waiters may try new ops)
 
     def __del__(self):
         if getattr(self, "_closed", True):
             return
         try:  # (at interpreter exit, module globals may already be gone)
-            if self._handles and not self._forked:
+            if self._forked:
+                self.exit()
+            elif self._handles and not self._owner_gone():
                 self._abandon()
             else:
+                # Nothing in flight (or a dead owner's): close, from whatever thread
+                # the garbage collector runs in.
                 self._handles.clear()
-                self.exit()
+                self._release()
         except Exception:
             pass
 
@@ -349,6 +398,9 @@ class Ring(Operations):
             if isinstance(info.requires, int):
                 return bool(self.features & info.requires)
             return info.requires is None or self.op_supported(info.requires)
+        if not isinstance(op, int) or not 0 <= op < 256:
+            raise ValueError("an opcode is an int from 0 to 255 (or a name from "
+                             "txuring.opcode.OPCODES), not %r" % (op,))
         return bool(self._supported[op])
 
     def get_probe(self):
@@ -433,16 +485,16 @@ class Ring(Operations):
         may be waiting for the next enter)."""
         if self._closed or self._forked:
             return 0
-        return lib.txu_cq_ready(self._r) + self._cq.undispatched
+        return lib.txu_cq_ready(self._r) + self._cq.undispatched + self._cq.unfinished
 
     @property
     def active_ops(self):
-        """Ops started and not yet finished (final CQE not yet dispatched)."""
-        return len(self._handles)
+        """Ops started and not yet finished (final CQE not yet fully delivered)."""
+        return len(self._handles) + self._cq.unfinished
 
     def has_pending_jobs(self):
         """Whether anything is queued, in the SQ or in flight."""
-        return bool(self._handles or len(self._sq) or self.sqe_ready)
+        return bool(self.active_ops or len(self._sq) or self.sqe_ready)
 
     def _enable(self):
         """
@@ -514,15 +566,16 @@ class Ring(Operations):
                 get_ident() != self._owner:
             self._enable()
         self._pending_notified = False
-        if len(self._sq) or self._cq.undispatched:
+        cq = self._cq
+        if len(self._sq) or cq.undispatched or cq.unfinished:
             # Ops waiting in the overflow queue must reach the kernel before a blocking
             # wait, or the wait could outlast them (an SQ full of idle polls); CQEs an
-            # exception left undispatched are ready now.
+            # exception left undispatched (or half-delivered) are ready now.
             self.submit()
-            if len(self._sq) or self._cq.undispatched:
+            if len(self._sq) or cq.undispatched or cq.unfinished:
                 timeout = 0
-        if timeout is None:
-            timeout_ns = -1
+        if timeout is None or timeout > _FOREVER:
+            timeout_ns = -1  # (a wait of centuries, or inf: no limit)
         elif timeout <= 0:
             timeout_ns = 0
         else:
@@ -530,9 +583,9 @@ class Ring(Operations):
         ready = lib.txu_wait(self._r, timeout_ns, self._ext_arg, self._taskrun_flag)
         if ready < 0:
             if ready == -errno.EINTR:
-                return bool(self._cq.undispatched)
+                return bool(cq.undispatched or cq.unfinished)
             raise self._enter_error(ready)
-        return ready > 0 or bool(self._cq.undispatched)
+        return ready > 0 or bool(cq.undispatched or cq.unfinished)
 
     def fill_completions(self):
         """
@@ -552,7 +605,7 @@ class Ring(Operations):
             total = self._cq.dispatch()
         finally:
             self._dispatching = False
-        if self._drain_waiters and not self._handles:
+        if self._drain_waiters and not self._handles and not self._cq.unfinished:
             waiters, self._drain_waiters = self._drain_waiters, []
             for d in waiters:
                 d.callback(None)
@@ -615,6 +668,11 @@ class Ring(Operations):
         ends with ECANCELED at once, and nothing is submitted.
         """
         self._own(handle)
+        self._check_thread()
+        chain = self._sq.chain
+        if chain is not None and any(op.handle is handle for op in chain):
+            raise ValueError("%r is part of the ring.linked() block being built: cancel "
+                             "it once the block has ended" % (handle,))
         if self._cancelled_locally(handle):
             return succeed(None)
         return self._submit_cancel(handle.user_data, -1, 0, "cancel")
@@ -684,7 +742,7 @@ class Ring(Operations):
         A Deferred that fires when no op is left in flight; with C{cancel}, every op is
         cancelled first. Someone must go on driving the ring (the reactor does).
         """
-        if not self._handles and not len(self._sq):
+        if not self.active_ops and not len(self._sq):
             return succeed(None)
         self._check_usable()
         d = Deferred()

@@ -115,13 +115,17 @@ class SubmissionQueue:
         # and the queue record made before anything is registered.
         ud = handle.user_data
         if not self._backlog:
+            r = self._r
             self._handles[ud] = handle
             handle.state = SUBMITTED
+            tail = r.sqe_tail
             try:
-                ret = prep(self._r, *args, ud, 0)
+                ret = prep(r, *args, ud, 0)
             except BaseException:
-                # cffi refused an argument (nothing was prepared): leave nothing behind.
-                del self._handles[ud]
+                # cffi refused an argument, or a signal handler raised after the call:
+                # the handle stays exactly when its SQE exists.
+                if r.sqe_tail == tail:
+                    del self._handles[ud]
                 raise
             if ret == 0:
                 return False
@@ -141,24 +145,32 @@ class SubmissionQueue:
         backlog = self._backlog
         while backlog:
             entry = backlog[0]
-            if isinstance(entry, QueuedChain):
-                if not self._prep_chain(entry.ops):
-                    return
-            elif not self._prep_one(entry):
-                return
-            backlog.popleft()
+            done = self._prep_chain(entry.ops) if isinstance(entry, QueuedChain) else \
+                self._prep_one(entry)
+            if done is False:
+                return  # the SQ is full
+            if done:
+                backlog.popleft()  # (None: it failed, and already left the queue)
 
     def _prep_one(self, op):
         """Prepare a queued op's SQE; False if the SQ is full."""
         handle = op.handle
+        r = self._r
+        tail = r.sqe_tail
         try:
-            if op.prep(self._r, *op.args, handle.user_data, 0) == -errno.EBUSY:
+            if op.prep(r, *op.args, handle.user_data, 0) == -errno.EBUSY:
                 return False
         except (TypeError, ValueError, OverflowError):
             # cffi refused an argument: fail this op alone, not the whole submit.
             log.err(None, "preparing queued %s" % (handle.op,))
+            self._backlog.popleft()
             self._end([handle], -errno.EINVAL)
-            return True
+            return None
+        except BaseException:
+            if r.sqe_tail != tail:  # (a signal handler raised after the SQE was made)
+                handle.state = SUBMITTED
+                self._backlog.popleft()
+            raise
         handle.state = SUBMITTED
         return True
 
@@ -168,17 +180,23 @@ class SubmissionQueue:
         if lib.txu_sq_space(r) < len(ops):
             return False
         last = len(ops) - 1
-        for i, op in enumerate(ops):
-            try:
+        tail = r.sqe_tail
+        try:
+            for i, op in enumerate(ops):
                 op.prep(r, *op.args, op.handle.user_data, IOSQE_IO_LINK if i < last else 0)
-            except (TypeError, ValueError, OverflowError):
-                log.err(None, "preparing %s, op %d of a linked chain" % (op.handle.op, i))
-                lib.txu_sq_rollback(r, i)  # un-prepare the SQEs before it, links and all
-                # As the kernel ends a chain whose op fails: that op with its error,
-                # the rest with ECANCELED.
-                self._end([op.handle], -errno.EINVAL)
-                self._end([o.handle for o in ops if o is not op], -errno.ECANCELED)
-                return True
+        except (TypeError, ValueError, OverflowError):
+            log.err(None, "preparing %s, op %d of a linked chain" % (op.handle.op, i))
+            lib.txu_sq_rollback(r, r.sqe_tail - tail)  # un-prepare it, links and all
+            self._backlog.popleft()
+            # As the kernel ends a chain whose op fails: that op with its error, the
+            # rest with ECANCELED.
+            self._end([op.handle], -errno.EINVAL)
+            self._end([o.handle for o in ops if o is not op], -errno.ECANCELED)
+            return None
+        except BaseException:
+            # Interrupted half-way: take back what was prepared; it goes in whole later.
+            lib.txu_sq_rollback(r, r.sqe_tail - tail)
+            raise
         for op in ops:
             op.handle.state = SUBMITTED
         return True
@@ -241,6 +259,10 @@ class SubmissionQueue:
                 self._end(entry.handles, -errno.ECANCELED)
                 return True
         return False
+
+    def clear(self):
+        """Forget every queued op (the ring is ending them itself)."""
+        self._backlog.clear()
 
     def first_queued(self):
         """The first queued op's handle, or None."""

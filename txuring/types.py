@@ -97,10 +97,16 @@ def address_of(storage, length):
 # ---- time ----
 
 
+_MAX_TIMESPEC_SECONDS = 2**63 // 10**9 - 1  # keeps tv_sec * 1e9 + tv_nsec in an s64
+
+
 def timespec_of(seconds):
     """A C{struct __kernel_timespec} for a non-negative number of seconds."""
-    if seconds is None or seconds != seconds or seconds < 0:
-        raise ValueError("a timeout must be a number of seconds >= 0, not %r" % (seconds,))
+    if not isinstance(seconds, (int, float)) or seconds != seconds or not \
+            0 <= seconds <= _MAX_TIMESPEC_SECONDS:
+        raise ValueError("a timeout must be a number of seconds from 0 to %d (about 292 "
+                         "billion years; not infinite), not %r"
+                         % (_MAX_TIMESPEC_SECONDS, seconds))
     ts = ffi.new("struct __kernel_timespec *")
     whole = int(seconds)
     ts.tv_sec = whole

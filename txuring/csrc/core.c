@@ -567,14 +567,17 @@ static int txu_probe(struct txu_ring *r, unsigned char *supported, unsigned nsup
  * the buffers are one block of Python memory (base, entries * size) that the Python
  * side keeps alive for as long as any op may use the group.
  *
- * Ownership, per buffer id: PUBLISHED (in the ring, or taken by the kernel for a CQE
- * the caller has not handled yet) or LENT (handed to the caller by lend(), until it
- * hands it back with provide()). Only this file computes a buffer's address, from a
+ * Ownership, per buffer id: PUBLISHED (in the ring: the kernel's), DELIVERED (a CQE
+ * carrying it was dispatched: deliver(), called by the op's Handle, idempotent), or
+ * LENT (handed to the caller by lend(), until it hands it back with provide()). Only a
+ * DELIVERED buffer can be taken or lent, so a CQE taken twice, or flags made up,
+ * can never publish a buffer the kernel already holds. Only this file computes a buffer's address, from a
  * range-checked id: the kernel can never be told to write outside the block, and a
  * buffer can never be published twice through provide().
  */
 #define TXU_BUF_PUBLISHED 0
 #define TXU_BUF_LENT 1
+#define TXU_BUF_DELIVERED 2
 
 struct txu_bufring {
     struct io_uring_buf_ring *br;
@@ -669,13 +672,26 @@ static int bufring_check(struct txu_bufring *b, unsigned bid)
     return 0;
 }
 
-/* A CQE's buffer goes to the caller (PUBLISHED -> LENT); -EALREADY if it is lent. */
+/* A dispatched CQE carried buffer bid (PUBLISHED -> DELIVERED; again: no change).
+ * -EALREADY if the caller holds it lent: the kernel can not have used it. */
+static int txu_bufring_deliver(struct txu_bufring *b, unsigned bid)
+{
+    int err = bufring_check(b, bid);
+    if (err)
+        return err;
+    if (b->state[bid] == TXU_BUF_LENT)
+        return -EALREADY;
+    b->state[bid] = TXU_BUF_DELIVERED;
+    return 0;
+}
+
+/* A delivered buffer goes to the caller (DELIVERED -> LENT); -EALREADY otherwise. */
 static int txu_bufring_lend(struct txu_bufring *b, unsigned bid)
 {
     int err = bufring_check(b, bid);
     if (err)
         return err;
-    if (b->state[bid] != TXU_BUF_PUBLISHED)
+    if (b->state[bid] != TXU_BUF_DELIVERED)
         return -EALREADY;
     b->state[bid] = TXU_BUF_LENT;
     b->lent++;
@@ -696,15 +712,17 @@ static int txu_bufring_provide(struct txu_bufring *b, unsigned bid)
     return 0;
 }
 
-/* A CQE's buffer, copied out by the caller, goes straight back to the kernel without
- * being lent: take()'s one call. -EALREADY if the caller holds it lent. */
+/* A delivered buffer, copied out by the caller, goes straight back to the kernel
+ * (DELIVERED -> PUBLISHED): take()'s one call. -EALREADY otherwise (not delivered:
+ * the kernel's still, or taken already; or lent). */
 static int txu_bufring_recycle(struct txu_bufring *b, unsigned bid)
 {
     int err = bufring_check(b, bid);
     if (err)
         return err;
-    if (b->state[bid] != TXU_BUF_PUBLISHED)
+    if (b->state[bid] != TXU_BUF_DELIVERED)
         return -EALREADY;
+    b->state[bid] = TXU_BUF_PUBLISHED;
     bufring_publish(b, (unsigned short)bid);
     return 0;
 }
