@@ -257,6 +257,9 @@ def run_load(exe, workload, server, warmup, seconds, cpu):
     if done.returncode != 0:
         raise RuntimeError("loadgen %s: %s" % (workload.mode, done.stderr.strip()[-500:]))
     raw = json.loads(done.stdout)
+    if abs(raw["seconds"] - seconds) > max(0.05, 0.2 * seconds):
+        raise RuntimeError("loadgen %s: the measured window lasted %.3f s, not %.3f s"
+                           % (workload.mode, raw["seconds"], seconds))
     units = raw["units"] / 1e6 if workload.per_byte else raw["units"]
     sample = {
         "units": raw["units"],

@@ -136,7 +136,7 @@ def main():
     parser.add_argument("--http-body", type=int, default=64)
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     label = install(args.reactor)
     quiet_logging()
