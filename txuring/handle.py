@@ -139,7 +139,8 @@ class Handle:
         self.result = res
         self.flags = flags
         self._keep = None
-        self._finish()
+        if self.callback is not None or self._waiters is not None:
+            self._finish()
 
     def _finish(self):
         """
@@ -181,7 +182,7 @@ class Handle:
         """
         outcome = self._outcome()
         interrupted = None
-        for d in list(waiters):
+        for d in waiters:  # (nothing adds a waiter once the op is done)
             try:
                 if not d.called:
                     self._taken = True

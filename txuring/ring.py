@@ -434,7 +434,8 @@ class Ring(Operations):
                 self.submit()
             except Exception:
                 pass
-        self._notify_pending()
+        if self.on_pending is not None and not self._pending_notified:
+            self._notify_pending()
         return handle
 
     def _notify_pending(self):

@@ -115,16 +115,14 @@ class SubmissionQueue:
         # and the queue record made before anything is registered.
         ud = handle.user_data
         if not self._backlog:
-            r = self._r
             self._handles[ud] = handle
             handle.state = SUBMITTED
-            tail = r.sqe_tail
             try:
-                ret = prep(r, *args, ud, 0)
+                ret = prep(self._r, *args, ud, 0)
             except BaseException:
                 # cffi refused an argument, or a signal handler raised after the call:
                 # the handle stays exactly when its SQE exists.
-                if r.sqe_tail == tail:
+                if lib.txu_sq_last_user_data(self._r) != ud:
                     del self._handles[ud]
                 raise
             if ret == 0:
@@ -156,7 +154,6 @@ class SubmissionQueue:
         """Prepare a queued op's SQE; False if the SQ is full."""
         handle = op.handle
         r = self._r
-        tail = r.sqe_tail
         try:
             if op.prep(r, *op.args, handle.user_data, 0) == -errno.EBUSY:
                 return False
@@ -167,7 +164,8 @@ class SubmissionQueue:
             self._end([handle], -errno.EINVAL)
             return None
         except BaseException:
-            if r.sqe_tail != tail:  # (a signal handler raised after the SQE was made)
+            # (A signal handler raised after the call: did the prep make the SQE?)
+            if lib.txu_sq_last_user_data(r) == handle.user_data:
                 handle.state = SUBMITTED
                 self._backlog.popleft()
             raise
