@@ -42,6 +42,18 @@ def wait_until(reactor, condition, timeout=5.0):
 
 
 @pytest.fixture
+def pipe():
+    """A pipe (read fd, write fd), both closed after the test unless closed already."""
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
 def reactor():
     from twisted.internet import reactor
 
