@@ -538,6 +538,14 @@ class FileSystem:
         self.backend = None
         self._private_ring = None
 
+    def ops(self):
+        """
+        The primitive ops in use (L{RingOps} or L{ThreadOps}), chosen at the first
+        call: each returns a Deferred and cancels as the functions here do. For code
+        building on this module (L{txuring.web}).
+        """
+        return self._ops()
+
     @property
     def kind(self):
         """C{"io_uring"} or C{"threads"}: the backend (chosen now if not yet)."""
