@@ -735,6 +735,46 @@ class Ring(Operations):
             "backlogged": self._backlogged,
         }
 
+    # ---- lean path for txuring's own transports ----
+    # txuring.tcp prepares its per-message SQEs itself: ring._handles[ud] = record (an
+    # object with _more/_final/_keep, no Handle), then lib.txu_lean_*(ring._r, ...,
+    # ud). Only when that finds the SQ full (or ops already queued, so order must be
+    # kept) does it come here.
+
+    def _lean_queue(self, user_data, record, prep, args):
+        """
+        A transport's op (already in C{_handles} under C{user_data}) did not fit the
+        SQ: submit to make room and try again, else queue it behind the overflow
+        queue, in order. Never drops it.
+        """
+        if not self._backlog and not self._disabled and not self._closed:
+            self.submit()
+            if not self._backlog and prep(self._r, *args, user_data, 0) != -errno.EBUSY:
+                return
+        self._backlog.append((_LeanQueued(user_data, record), prep, args))
+        self._backlogged += 1
+        self._notify_pending()
+
+
+class _LeanQueued:
+    """
+    A transport's op waiting in the overflow queue: what the queue's users (submit,
+    cancel, cancel_all) expect of a Handle. Its completions go to the record itself,
+    which stays in C{Ring._handles}.
+    """
+
+    __slots__ = ("user_data", "record", "state")
+    op = "transport op"
+
+    def __init__(self, user_data, record):
+        self.user_data = user_data
+        self.record = record
+        self.state = QUEUED
+
+    def _final(self, res, flags):
+        self.state = DONE
+        self.record._final(res, flags)
+
 
 _IOSQE_IO_LINK = 1 << 2
 
