@@ -501,7 +501,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring = self.ring
         ud = next(ring._ids)
         ring._handles[ud] = _QUIET
-        if ring._backlog or lib.txu_lean_cancel(ring._r, target, ud) == -errno.EBUSY:
+        if ring._backlog or lib.txu_lean_cancel(ring._r, target, ud, 0) == -errno.EBUSY:
             ring._lean_queue(ud, _QUIET, lib.txu_lean_cancel, (target,))
 
     def _runPasses(self):
@@ -529,10 +529,11 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring = self.ring
         self._logContexts = context.theContextTracker.currentContext().contexts
         if self._passQueue:
-            # Writes made by timed calls: prepared now, so this enter submits them.
+            # Work timed calls queued (writes, a resumed transport's stashed data):
+            # done now, so this enter submits the sends; and no sleeping in the wait,
+            # since it may have scheduled calls the timeout did not know about.
             self._runPasses()
-            if self._passQueue:
-                timeout = 0
+            timeout = 0
         if self._tryWrites:
             # Started by timed calls: write now, and do not sleep in the wait, since
             # those writes may have scheduled calls the timeout did not know about.

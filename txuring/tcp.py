@@ -76,6 +76,8 @@ from txuring.ring import CQE_F_MORE
 _EBUSY = -errno.EBUSY
 _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
+#: IORING_CQE_F_SOCK_NONEMPTY (5.19): the socket had more data queued after this recv.
+_CQE_F_SOCK_NONEMPTY = 1 << 2
 _CONNECTION_DONE = main.CONNECTION_DONE
 _CONNECTION_LOST = main.CONNECTION_LOST
 #: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
@@ -282,14 +284,23 @@ class _CompletionConnection:
 
     # ---- receiving ----
 
-    def _armRecv(self):
+    def _armRecv(self, multishot=0):
+        """
+        Arm a recv. Every (re-)arm starts single-shot; a multishot recv is armed only
+        once a recv CQE said the socket's queue was empty (no
+        C{IORING_CQE_F_SOCK_NONEMPTY}, 5.19). Kernel fact (6.18): a multishot recv
+        armed on a socket whose reset or EOF came in before it was armed, with data
+        still queued, reads the data and then waits for a wakeup that never comes;
+        a single-shot recv reports the pending error, and a multishot armed on a
+        drained socket sees every later event.
+        """
         reactor = self.reactor
         ring = reactor.ring
         ud = next(ring._ids)
         op = self._recvOp = _RecvOp(self, ud)
         ring._handles[ud] = op
-        args = (self._fd, self._bufs.gid, reactor._multishotRecv)
-        if ring._backlog or lib.txu_lean_recv(ring._r, *args, ud) == _EBUSY:
+        args = (self._fd, self._bufs.gid, multishot)
+        if ring._backlog or lib.txu_lean_recv(ring._r, *args, ud, 0) == _EBUSY:
             ring._lean_queue(ud, op, lib.txu_lean_recv, args)
 
     def _recvData(self, res, flags):
@@ -342,7 +353,10 @@ class _CompletionConnection:
             self._bufs.rearmed += 1  # ENOBUFS: re-armed below
         if (current and self._reading and self._recvOp is None and not self._readEnded
                 and not self.disconnected):
-            self._armRecv()  # ENOBUFS (buffer ring ran dry) or a final data CQE
+            # After a single-shot recv that left the socket empty: multishot (where
+            # the kernel has it); after ENOBUFS, or data still queued: single-shot.
+            self._armRecv(self.reactor._multishotRecv
+                          if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY else 0)
 
     def _readEnd(self, why):
         """EOF or a receive error: now if reading and nothing is stashed, else later."""
@@ -431,7 +445,7 @@ class _CompletionConnection:
         self._sendOp = op
         ring._handles[ud] = op
         args = (self._fd, data, off, n if n < _MAX_SEND else _MAX_SEND)
-        if ring._backlog or lib.txu_lean_send(ring._r, *args, ud) == _EBUSY:
+        if ring._backlog or lib.txu_lean_send(ring._r, *args, ud, 0) == _EBUSY:
             ring._lean_queue(ud, op, lib.txu_lean_send, args)
         return None
 

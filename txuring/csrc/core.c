@@ -989,15 +989,16 @@ static int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max)
  * These take no Python objects beyond what cffi passes for a `const char *` (a bytes
  * object's own buffer, which the caller keeps alive until the op's final CQE), so a
  * transport prepares its per-message SQEs in one call each, with no cdata built per
- * message. Same contract as the prep functions above: 0, or -EBUSY when the SQ is full. */
+ * message. Same contract as the prep functions above (user_data and SQE flags last, so
+ * the Ring's overflow queue can prepare them later): 0, or -EBUSY when the SQ is full. */
 
 /* recv into a buffer the kernel picks from provided-buffer group bgid when data
  * arrives: multishot (IORING_RECV_MULTISHOT, 6.0) or one CQE per SQE (buffer rings,
  * 5.19). */
 static int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int multishot,
-                         uint64_t ud)
+                         uint64_t ud, unsigned sf)
 {
-    PREP(r, IORING_OP_RECV, fd, ud, IOSQE_BUFFER_SELECT);
+    PREP(r, IORING_OP_RECV, fd, ud, sf | IOSQE_BUFFER_SELECT);
     sqe->buf_group = bgid;
     if (multishot)
         sqe->ioprio = IORING_RECV_MULTISHOT;
@@ -1006,9 +1007,9 @@ static int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int mu
 
 /* send(2) of len bytes from buf + off (buf: a bytes object the caller holds). */
 static int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off,
-                         unsigned len, uint64_t ud)
+                         unsigned len, uint64_t ud, unsigned sf)
 {
-    PREP(r, IORING_OP_SEND, fd, ud, 0);
+    PREP(r, IORING_OP_SEND, fd, ud, sf);
     sqe->addr = ADDR(buf + off);
     sqe->len = len;
     sqe->msg_flags = MSG_NOSIGNAL;
@@ -1016,9 +1017,9 @@ static int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off
 }
 
 /* Async cancel of the op with user_data target (its own CQE goes to ud). */
-static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud)
+static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf)
 {
-    PREP(r, IORING_OP_ASYNC_CANCEL, -1, ud, 0);
+    PREP(r, IORING_OP_ASYNC_CANCEL, -1, ud, sf);
     sqe->addr = target;
     return 0;
 }
