@@ -245,7 +245,8 @@ class _CompletionConnection:
         reactor = self.reactor
         self._register(reactor._reads)
         self._reading = True
-        self._logContext = _logContextOf(self)
+        if self._logContext is None:
+            self._logContext = _logContextOf(self)
         if self._stash:
             self._queuePass()  # hand over what arrived while paused, first
         if self._recvOp is None and not self._readEnded:
@@ -265,7 +266,8 @@ class _CompletionConnection:
             return
         self._writing = True
         self._register(self.reactor._writes)
-        self._logContext = _logContextOf(self)
+        if self._logContext is None:
+            self._logContext = _logContextOf(self)
         if not self._passQueued:
             self._passQueued = True
             self.reactor._passQueue.append(self)
@@ -397,6 +399,26 @@ class _CompletionConnection:
 
     # ---- sending ----
 
+    def write(self, data):
+        """
+        C{ITransport.write}: what C{tcp.Connection.write} (through TLS if started)
+        and C{FileDescriptor.write} do, in one call on the hot path.
+        """
+        if self.TLS:
+            if self.connected:
+                self.protocol.write(data)
+            return
+        if not isinstance(data, bytes):
+            raise TypeError("Data must be bytes")
+        if not self.connected or self._writeDisconnected or not data:
+            return
+        self._tempDataBuffer.append(data)
+        self._tempDataLen += len(data)
+        if self.producer is not None:
+            self._maybePauseProducer()
+        if not self._writing:
+            self.startWriting()
+
     def doWrite(self):
         """
         Start the next send, at the end of a loop pass (the reactor calls this, never
@@ -466,7 +488,22 @@ class _CompletionConnection:
                 contexts.pop()
             return
         self.offset += res
-        if self._writing:
+        if not self._writing:
+            return  # aborted, or stopped by someone else
+        if self.offset == len(self.dataBuffer) and not self._tempDataLen:
+            # All sent and nothing written meanwhile: finish now (producer resumed,
+            # pending loseConnection...) rather than in a pass.
+            contexts = self.reactor._logContexts
+            contexts.append(self._logContext)
+            try:
+                why = self._writeDrained()
+                if why:
+                    self.reactor._disconnectSelectable(self, why, False)
+            except BaseException:
+                self._callbackFailed(False)
+            finally:
+                contexts.pop()
+        else:
             self._queuePass()
 
     def _writeDrained(self):
