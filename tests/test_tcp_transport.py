@@ -777,3 +777,47 @@ def test_connect_refused_and_timeout():
                        if hasattr(h, "op"))
     finally:
         cleanup(reactor)
+
+
+def test_endpoint_strings():
+    """
+    tcp: endpoint strings reach the completion transports. (TLS over them -- listenSSL,
+    connectSSL, startTLS, ssl: endpoints -- is exercised by Twisted's own test_tls
+    and test_newtls in tests/test_conformance.py, which count the tests reaching
+    txuring.tcp.)
+    """
+    from twisted.internet import endpoints
+
+    reactor = make_reactor()
+    results = {}
+
+    class Client(Protocol):
+        def connectionMade(self):
+            results["transport"] = type(self.transport)
+            self.transport.write(b"plain")
+
+        def dataReceived(self, data):
+            results["echo"] = results.get("echo", b"") + data
+            if results["echo"] == b"plain":
+                self.transport.loseConnection()
+
+        def connectionLost(self, reason):
+            results["reason"] = reason
+            reactor.stop()
+
+    def listening(port):
+        results["port"] = port
+        endpoints.clientFromString(
+            reactor, "tcp:127.0.0.1:%d" % port.getHost().port).connect(
+            ClientFactory.forProtocol(Client))
+
+    try:
+        endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+            Factory.forProtocol(Echo)).addCallback(listening)
+        run(reactor)
+        assert isinstance(results["port"], utcp.Port)
+        assert results["transport"] is utcp.Client
+        assert results["echo"] == b"plain"
+        results["reason"].trap(error.ConnectionDone)
+    finally:
+        cleanup(reactor)

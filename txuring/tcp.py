@@ -262,22 +262,35 @@ class _CompletionConnection:
             self._queuePass()  # cancel the recv then, unless resumed meanwhile
 
     def startWriting(self):
+        # (on every reply's path: _register inlined)
         if self._writing:
             return
         self._writing = True
-        self._register(self.reactor._writes)
+        reactor = self.reactor
+        fd = self._fd
+        if fd < 0:
+            self._register(reactor._writes)
+        else:
+            reactor._writes.add(fd)
+            reactor._selectables[fd] = self
         if self._logContext is None:
             self._logContext = _logContextOf(self)
         if not self._passQueued:
             self._passQueued = True
-            self.reactor._passQueue.append(self)
+            reactor._passQueue.append(self)
 
     def stopWriting(self):
+        # (on every reply's path: _unregister inlined)
         if not self._writing:
             return
         self._writing = False
         reactor = self.reactor
-        self._unregister(reactor._writes, reactor._reads)
+        fd = self._fd
+        reactor._writes.discard(fd)
+        if fd not in reactor._reads:
+            selectables = reactor._selectables
+            if selectables.get(fd) is self:
+                del selectables[fd]
 
     def _queuePass(self):
         if not self._passQueued:
