@@ -34,19 +34,20 @@ port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), backlog=1024, in
 print(port.getHost().port, flush=True)
 reactor.run()
 """
-def cpu(pid):
+def cpu(pid, which=(11, 12)):
     f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f[i]) for i in which) / os.sysconf("SC_CLK_TCK")
 def measure(client, name, conns, size, secs, py):
     srv = subprocess.Popen([py, "-c", SERVER, name], stdout=subprocess.PIPE, text=True)
     try:
         port = int(srv.stdout.readline())
         time.sleep(0.2)
-        c0 = cpu(srv.pid); t0 = time.monotonic()
+        c0 = cpu(srv.pid); u0 = cpu(srv.pid, (11,)); t0 = time.monotonic()
         out = subprocess.run([client, str(port), str(conns), str(size), str(secs)], capture_output=True, text=True, check=True)
-        t1 = time.monotonic(); c1 = cpu(srv.pid)
+        t1 = time.monotonic(); c1 = cpu(srv.pid); u1 = cpu(srv.pid, (11,))
         rate = float(out.stdout)
-        return rate, (c1 - c0) / (rate * (t1 - t0)) * 1e6
+        n = rate * (t1 - t0)
+        return rate, (c1 - c0) / n * 1e6, (u1 - u0) / n * 1e6
     finally:
         srv.terminate(); srv.wait(10)
 def main():
@@ -60,9 +61,12 @@ def main():
     for _ in range(reps):
         for n in names:
             res[n].append(measure(exe, n, conns, 64, secs, py))
-    base = statistics.median(r for r, _ in res["epoll"]) if "epoll" in res else None
+    base = statistics.median(r[0] for r in res["epoll"]) if "epoll" in res else None
     print("%d conns, 64 B, %d x %.1f s, medians" % (conns, reps, secs))
     for n in names:
-        rate = statistics.median(r for r, _ in res[n]); us = statistics.median(u for _, u in res[n])
-        print("%-15s %10.0f req/s  %5.2fx epoll  server CPU %6.2f us/req   (rates %s)" % (n, rate, rate / base if base else 0, us, [int(r) for r, _ in res[n]]))
+        rate = statistics.median(r[0] for r in res[n])
+        us = statistics.median(r[1] for r in res[n])
+        user = statistics.median(r[2] for r in res[n])
+        print("%-15s %10.0f req/s  %5.2fx epoll  server CPU %6.2f us/req (user %5.2f)  (rates %s)"
+              % (n, rate, rate / base if base else 0, us, user, [int(r[0]) for r in res[n]]))
 main()

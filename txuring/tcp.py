@@ -340,8 +340,13 @@ class _CompletionConnection:
     def _callbackFailed(self, isRead):
         """A protocol callback raised: log it and drop the connection, as epoll does."""
         why = sys.exc_info()[1]
-        log.err()
-        self.reactor._disconnectSelectable(self, why, isRead)
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            log.err()
+            self.reactor._disconnectSelectable(self, why, isRead)
+        finally:
+            contexts.pop()
 
     def _stashAdd(self, item):
         if self._stash is None:
@@ -504,36 +509,51 @@ class _CompletionConnection:
         if not self._writing:
             return  # aborted, or stopped by someone else
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
-            # All sent and nothing written meanwhile: finish now (producer resumed,
-            # pending loseConnection...) rather than in a pass.
-            contexts = self.reactor._logContexts
-            contexts.append(self._logContext)
+            # All sent and nothing written meanwhile: finish now rather than in a pass.
             try:
                 why = self._writeDrained()
                 if why:
-                    self.reactor._disconnectSelectable(self, why, False)
+                    self._lostInContext(why, False)
             except BaseException:
                 self._callbackFailed(False)
-            finally:
-                contexts.pop()
         else:
             self._queuePass()
 
     def _writeDrained(self):
-        """Everything was sent: the tail of C{FileDescriptor.doWrite}."""
+        """
+        Everything was sent: the tail of C{FileDescriptor.doWrite}; the protocol code
+        it may run (a producer resumed, writeConnectionLost) runs in the transport's
+        log context.
+        """
         self.dataBuffer = b""
         self.offset = 0
         self.stopWriting()
-        if self.producer is not None and (
-                (not self.streamingProducer) or self.producerPaused):
-            self.producerPaused = False
-            self.producer.resumeProducing()
-        elif self.disconnecting:
-            return self._postLoseConnection()
-        elif self._writeDisconnecting:
-            self._writeDisconnected = True
-            return self._closeWriteConnection()
-        return None
+        if self.producer is None and not self.disconnecting and not self._writeDisconnecting:
+            return None
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            if self.producer is not None and (
+                    (not self.streamingProducer) or self.producerPaused):
+                self.producerPaused = False
+                self.producer.resumeProducing()
+            elif self.disconnecting:
+                return self._postLoseConnection()
+            elif self._writeDisconnecting:
+                self._writeDisconnected = True
+                return self._closeWriteConnection()
+            return None
+        finally:
+            contexts.pop()
+
+    def _lostInContext(self, why, isRead):
+        """Disconnect for C{why}, the protocol's callbacks in its log context."""
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            self.reactor._disconnectSelectable(self, why, isRead)
+        finally:
+            contexts.pop()
 
     # ---- the end of a loop pass ----
 
@@ -552,16 +572,14 @@ class _CompletionConnection:
             op, self._recvOp = self._recvOp, None
             self.reactor._leanCancel(op.ud)
         if self._writing and self._sendOp is None and not self.disconnected:
-            contexts = self.reactor._logContexts
-            contexts.append(self._logContext)
+            # (doWrite itself runs no protocol code; _writeDrained and _lostInContext
+            # give what they call the transport's log context)
             try:
                 why = self.doWrite()
                 if why:
-                    self.reactor._disconnectSelectable(self, why, False)
+                    self._lostInContext(why, False)
             except BaseException:
                 self._callbackFailed(False)
-            finally:
-                contexts.pop()
 
     # ---- the end ----
 
