@@ -50,6 +50,34 @@ def make_reactor(**options):
     return reactor
 
 
+class Stream:
+    """
+    C{n} bytes of test data made on demand (a bulk transfer must not hold gigabytes):
+    sliced only at multiples of C{chunk}, each chunk numbered, so a lost, duplicated
+    or reordered chunk changes the checksum.
+    """
+
+    def __init__(self, seed, n, chunk):
+        self.n = n
+        self.chunk = chunk
+        self.block = pattern(seed, chunk)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, s):
+        k, rest = divmod(s.start, self.chunk)
+        assert rest == 0
+        size = min(self.chunk, self.n - s.start)
+        return (k.to_bytes(8, "little") + self.block[8:])[:size]
+
+    def sha256(self):
+        h = hashlib.sha256()
+        for start in range(0, self.n, self.chunk):
+            h.update(self[start:start + self.chunk])
+        return h.hexdigest()
+
+
 def pattern(seed, n):
     """n deterministic pseudo-random bytes (cheap: a repeated sha256 chain block)."""
     block = b"".join(hashlib.sha256(b"%d-%d" % (seed, i)).digest() for i in range(2048))
@@ -153,8 +181,8 @@ def transfer(reactor, nbytes, connections=1, chunk=65536):
     expected = []
     port, portno = listen(reactor, ServerFactory())
     for i in range(connections):
-        data = pattern(i, nbytes)
-        expected.append(hashlib.sha256(data).hexdigest())
+        data = Stream(i, nbytes, chunk)
+        expected.append(data.sha256())
         f = ClientFactory.forProtocol(Sender)
         f.data = data
         reactor.connectTCP("127.0.0.1", portno, f)
