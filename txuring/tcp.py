@@ -20,10 +20,12 @@ Design, and why:
     buffers the kernel picks from ONE provided-buffer ring (L{BufferRing}, 5.19)
     shared by all the reactor's connections: an idle connection holds no buffer.
     Each data CQE is copied out as exact-size C{bytes}, its buffer handed straight
-    back, and C{protocol.dataReceived} called. The recv is armed again after its
-    final CQE (ENOBUFS when the buffer ring ran dry under a burst, or a final data
-    CQE). Where multishot recv is missing (5.19) or forced off, one single-shot recv
-    (same buffer ring) is armed after each completion.
+    back, and C{protocol.dataReceived} called. Every (re-)arm starts with a
+    single-shot recv (same buffer ring), and the multishot one is armed once a recv
+    found the socket drained (see L{_CompletionConnection._armRecv} for the kernel
+    behaviour that makes this necessary); it is armed again after its final CQE
+    (ENOBUFS when the buffer ring ran dry under a burst, or a final data CQE). Where
+    multishot recv is missing (5.19) or forced off, single-shot recvs are all there is.
 
   - Pausing (C{stopReading}, so C{pauseProducing}) cancels the recv at the end of the
     loop pass, unless it was resumed meanwhile (twisted.web pauses and resumes within
