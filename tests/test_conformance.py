@@ -136,7 +136,7 @@ def test_conformance(module, tmp_path, request):
     reaching_uring = sum(1 for t in reaching if URING in t)
     report = ["test_%s (%.1f s, subprocess included)" % (module, elapsed),
               "  UringReactor: " + _describe(outcomes, seconds, URING)
-              + "; %d reached txuring.tcp's transports" % (reaching_uring,),
+              + "; %d reached the completion transports" % (reaching_uring,),
               "  EPollReactor: " + _describe(outcomes, seconds, EPOLL)]
     if both_failed:
         report.append("  failing on both (environment): " + ", ".join(both_failed))

@@ -849,3 +849,61 @@ def test_endpoint_strings():
         results["reason"].trap(error.ConnectionDone)
     finally:
         cleanup(reactor)
+
+
+def test_unix_streams_pass_data_and_file_descriptors(tmp_path):
+    """
+    listenUNIX/connectUNIX give txuring.unix's completion transports: bytes arrive
+    checksummed, and fds sent with sendFileDescriptor arrive through
+    fileDescriptorReceived, before the bytes sent after them.
+    """
+    from twisted.internet.interfaces import IFileDescriptorReceiver
+
+    from txuring import unix as uunix
+
+    reactor = make_reactor()
+    path = str(tmp_path / "sock")
+    data = pattern(5, 2 << 20)
+    got = {"fds": [], "data": b""}
+    r, w = os.pipe()
+
+    @implementer(IFileDescriptorReceiver)
+    class Receiver(Protocol):
+        def connectionMade(self):
+            got["server"] = type(self.transport)
+
+        def fileDescriptorReceived(self, fd):
+            got["fds"].append(fd)
+            got["data_before_fd"] = len(got["data"])
+
+        def dataReceived(self, chunk):
+            got["data"] += chunk
+
+        def connectionLost(self, reason):
+            got["reason"] = reason
+            reactor.stop()
+
+    class Sender(Protocol):
+        def connectionMade(self):
+            got["client"] = type(self.transport)
+            self.transport.write(b"x")
+            self.transport.sendFileDescriptor(w)
+            self.transport.write(data)
+            self.transport.loseConnection()
+
+    try:
+        port = reactor.listenUNIX(path, Factory.forProtocol(Receiver))
+        assert isinstance(port, uunix.Port)
+        reactor.connectUNIX(path, ClientFactory.forProtocol(Sender))
+        run(reactor)
+        assert got["server"] is uunix.Server and got["client"] is uunix.Client
+        assert got["data"] == b"x" + data
+        assert len(got["fds"]) == 1 and got["data_before_fd"] == 0
+        # The fd received is the pipe's write end.
+        os.write(got["fds"][0], b"through the passed fd")
+        assert os.read(r, 100) == b"through the passed fd"
+        got["reason"].trap(error.ConnectionDone)
+    finally:
+        for fd in [r, w] + got["fds"]:
+            os.close(fd)
+        cleanup(reactor)

@@ -187,8 +187,9 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """
         @param queueDepth: SQ entries of the reactor's ring (the CQ gets 4x).
         @param completionTCP: None (default) to use the completion-based transports
-            of L{txuring.tcp} for TCP where the kernel has provided-buffer rings
-            (5.19); False for Twisted's own transports over poll ops.
+            of L{txuring.tcp} and L{txuring.unix} for TCP and UNIX streams where the
+            kernel has provided-buffer rings (5.19); False for Twisted's own
+            transports over poll ops.
         @param multishotRecv: None to use multishot recv where the kernel has it
             (6.0); False to force one single-shot recv per completion.
         @param multishotAccept: None to use multishot accept where the kernel has it
@@ -466,22 +467,49 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         c.connect()
         return c
 
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.listenUNIX(self, address, factory, backlog,
+                                                         mode, wantPID)
+        from txuring import unix as uunix
+        p = uunix.Port(address, factory, backlog, mode, self, wantPID)
+        p.startListening()
+        return p
+
+    def connectUNIX(self, address, factory, timeout=30, checkPID=0):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.connectUNIX(self, address, factory, timeout,
+                                                          checkPID)
+        from txuring import unix as uunix
+        c = uunix.Connector(address, factory, timeout, self, checkPID)
+        c.connect()
+        return c
+
     def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
         if not self._completionTCP or addressFamily not in (socket.AF_INET,
-                                                            socket.AF_INET6):
+                                                            socket.AF_INET6,
+                                                            socket.AF_UNIX):
             return posixbase.PosixReactorBase.adoptStreamPort(
                 self, fileDescriptor, addressFamily, factory)
-        from txuring import tcp as utcp
-        p = utcp.Port._fromListeningDescriptor(self, fileDescriptor, addressFamily,
-                                               factory)
+        if addressFamily == socket.AF_UNIX:
+            from txuring import unix as uunix
+            p = uunix.Port._fromListeningDescriptor(self, fileDescriptor, factory)
+        else:
+            from txuring import tcp as utcp
+            p = utcp.Port._fromListeningDescriptor(self, fileDescriptor, addressFamily,
+                                                   factory)
         p.startListening()
         return p
 
     def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
         if not self._completionTCP or addressFamily not in (socket.AF_INET,
-                                                            socket.AF_INET6):
+                                                            socket.AF_INET6,
+                                                            socket.AF_UNIX):
             return posixbase.PosixReactorBase.adoptStreamConnection(
                 self, fileDescriptor, addressFamily, factory)
+        if addressFamily == socket.AF_UNIX:
+            from txuring import unix as uunix
+            return uunix.Server._fromConnectedSocket(fileDescriptor, factory, self)
         from txuring import tcp as utcp
         return utcp.Server._fromConnectedSocket(fileDescriptor, addressFamily, factory,
                                                 self)

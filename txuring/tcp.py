@@ -404,18 +404,21 @@ class _CompletionConnection:
         try:
             while stash and self._reading and not self.disconnected:
                 item = stash.pop(0)
-                if isinstance(item, bytes):
-                    self.protocol.dataReceived(item)
-                else:
+                if isinstance(item, Exception):  # the reason the read side ended
                     self._stash = None if not stash else stash
                     self.reactor._disconnectSelectable(self, item, True)
                     return
+                self._deliverStashed(item)
         except BaseException:
             self._callbackFailed(True)
         finally:
             contexts.pop()
         if not stash:
             self._stash = None
+
+    def _deliverStashed(self, item):
+        """Hand over one stashed arrival (C{bytes} here)."""
+        self.protocol.dataReceived(item)
 
     # ---- sending ----
 
@@ -616,10 +619,10 @@ class Server(_CompletionConnection, tcp.Server):
     """A connection a L{Port} accepted, on completions."""
 
 
-class Client(_CompletionConnection, tcp.Client):
+class _CompletionConnect:
     """
-    An outgoing TCP connection, on completions; the connect itself is an io_uring
-    connect op, bounded by the connector's timeout (which cancels it).
+    The connect of an outgoing stream connection as an io_uring connect op, bounded by
+    the connector's timeout (which cancels it); mixed in before Twisted's client.
 
     @ivar _connectHandle: the connect op's Handle while it is in flight.
     """
@@ -630,10 +633,11 @@ class Client(_CompletionConnection, tcp.Client):
         if not hasattr(self, "connector"):
             return  # stopConnecting() ran before the connect started
         ring = self.reactor.ring
-        port = self.realAddress[1]
-        if isinstance(port, int) and not 0 <= port <= 65535:
-            # What socket.connect_ex raises (and epoll's Client passes on) for it.
-            raise OverflowError("connect_ex(): port must be 0-65535.")
+        if self.addressFamily != socket.AF_UNIX:
+            port = self.realAddress[1]
+            if isinstance(port, int) and not 0 <= port <= 65535:
+                # What socket.connect_ex raises (and epoll's Client passes on) for it.
+                raise OverflowError("connect_ex(): port must be 0-65535.")
         try:
             h = ring.connect(self.socket.fileno(), self.addressFamily, self.realAddress)
         except OSError as e:
@@ -665,11 +669,15 @@ class Client(_CompletionConnection, tcp.Client):
         self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
 
     def _stopReadingAndWriting(self):
-        tcp.Client._stopReadingAndWriting(self)
+        super()._stopReadingAndWriting()
         h = self._connectHandle
         if h is not None:
             self._connectHandle = None
             self.reactor.ring._cancel_quietly(h)
+
+
+class Client(_CompletionConnection, _CompletionConnect, tcp.Client):
+    """An outgoing TCP connection, on completions."""
 
 
 class Connector(tcp.Connector):
@@ -692,9 +700,9 @@ class _AcceptArm:
         self.port._accepted(self, res, flags)
 
 
-class Port(tcp.Port):
+class _CompletionPort:
     """
-    A listening TCP port whose accepts are one multishot accept op (5.19), re-armed
+    A listening stream port whose accepts are one multishot accept op (5.19), re-armed
     when it ends; single-shot accepts where the kernel lacks it (or when forced).
     EMFILE/ENFILE at accept is met as Twisted's Port meets it: the reserved fd is
     released and the waiting connections are accepted and closed.
@@ -704,7 +712,6 @@ class Port(tcp.Port):
     @ivar _armEnded: None, or a Deferred fired when the accept op in flight ended.
     """
 
-    transport = Server
     _txuringCompletion = True
     _arm = None
     _accepting = False
@@ -773,7 +780,7 @@ class Port(tcp.Port):
             if current and self._accepting:
                 # Twisted's own recovery: release the reserved fd, accept and close
                 # the waiting connections (tcp.Port.doRead with _reservedFD).
-                tcp.Port.doRead(self)
+                self.doRead()
         elif res != _ECANCELED:
             log.msg("Could not accept new connection (%s)"
                     % (errno.errorcode.get(-res, -res),))
@@ -793,7 +800,7 @@ class Port(tcp.Port):
             except OSError:
                 skt.close()  # reset before we got to it
                 return
-            if len(addr) == 4:
+            if self.addressFamily == socket.AF_INET6:
                 host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
                 addr = tuple([host[0]] + list(addr[1:]))
             protocol = self.factory.buildProtocol(self._buildAddr(addr))
@@ -830,3 +837,9 @@ class Port(tcp.Port):
         self._arm = None
         if self._accepting:
             self._armAccept()
+
+
+class Port(_CompletionPort, tcp.Port):
+    """A listening TCP port on completions."""
+
+    transport = Server

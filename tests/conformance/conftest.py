@@ -18,8 +18,9 @@ def scratch_working_directory(tmp_path_factory):
     os.chdir(previous)
 
 
-#: With TXURING_COUNT_TRANSPORTS=<file>, every test that started a txuring.tcp
-#: transport (a connection that read or wrote, or a port that accepted) on
+#: With TXURING_COUNT_TRANSPORTS=<file>, every test that started one of txuring's
+#: completion transports (txuring.tcp, txuring.unix: a connection that read or wrote,
+#: or a port that accepted) on
 #: UringReactor appends its id to <file>: tests/test_conformance.py reports how many of
 #: Twisted's tests reach the completion-based transports.
 _COUNT_FILE = os.environ.get("TXURING_COUNT_TRANSPORTS")
@@ -36,7 +37,7 @@ if _COUNT_FILE:
         return wrapper
 
     for _cls, _names in ((_utcp._CompletionConnection, ("startReading", "startWriting")),
-                         (_utcp.Port, ("startReading",))):
+                         (_utcp._CompletionPort, ("startReading",))):
         for _name in _names:
             setattr(_cls, _name, _counting(getattr(_cls, _name)))
 
