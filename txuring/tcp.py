@@ -375,10 +375,58 @@ class _CompletionConnection:
             self._bufs.rearmed += 1  # ENOBUFS: re-armed below
         if (current and self._reading and self._recvOp is None and not self._readEnded
                 and not self.disconnected):
-            # After a single-shot recv that left the socket empty: multishot (where
-            # the kernel has it); after ENOBUFS, or data still queued: single-shot.
-            self._armRecv(self.reactor._multishotRecv
-                          if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY else 0)
+            if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY:
+                # The socket is drained: multishot (where the kernel has it).
+                self._armRecv(self.reactor._multishotRecv)
+            elif res > 0 and self.reactor._multishotRecv:
+                # Data still queued (a stream): drain it with recv(2) here, as epoll
+                # would, so that the multishot recv starts on a drained socket.
+                self._drainDirectly()
+            else:
+                self._armRecv(0)  # ENOBUFS, or no multishot: single-shot again
+
+    #: At most this much is read by recv(2) in one _drainDirectly (then a ring recv
+    #: takes over, so that one busy stream does not hold the loop).
+    _DIRECT_BUDGET = 1 << 20
+
+    def _drainDirectly(self):
+        """
+        Read what is queued with recv(2) until the socket is empty (then arm the
+        multishot recv), the budget is spent or reading stops (then a single-shot).
+        """
+        budget = self._DIRECT_BUDGET
+        recv = self.socket.recv
+        size = self.bufferSize
+        contexts = self.reactor._logContexts
+        while budget > 0:
+            if not self._reading or self.disconnected or self._stash is not None:
+                break
+            try:
+                data = recv(size)
+            except BlockingIOError:
+                if self._reading and self._recvOp is None and not self.disconnected:
+                    self._armRecv(self.reactor._multishotRecv)
+                return
+            except OSError:
+                self._readEnded = True
+                self._readEnd(_CONNECTION_LOST)
+                return
+            if not data:
+                self._readEnded = True
+                self._readEnd(_CONNECTION_DONE)
+                return
+            budget -= len(data)
+            contexts.append(self._logContext)
+            try:
+                self.protocol.dataReceived(data)
+            except BaseException:
+                self._callbackFailed(True)
+                return
+            finally:
+                contexts.pop()
+        if self._reading and self._recvOp is None and not self.disconnected \
+                and not self._readEnded:
+            self._armRecv(0)
 
     def _readEnd(self, why):
         """EOF or a receive error: now if reading and nothing is stashed, else later."""

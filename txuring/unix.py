@@ -29,7 +29,7 @@ import select
 import socket
 import struct
 
-from twisted.internet import main, unix
+from twisted.internet import error, main, unix
 
 from txuring import tcp as _tcp
 
@@ -164,6 +164,13 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
         else:
             self._queuePass()
         return None
+
+    def _writeDrained(self):
+        if self._sendmsgQueue:
+            # fds queued with no byte left to carry them: what Twisted's sendmsg
+            # path answers (epoll's doWrite would find the same).
+            return error.FileDescriptorOverrun()
+        return _tcp._CompletionConnection._writeDrained(self)
 
     def _writable(self, res, flags):
         self._pollOut = None
