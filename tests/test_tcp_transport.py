@@ -23,6 +23,7 @@ import tracemalloc
 import pytest
 
 from twisted.internet import error
+from twisted.python import failure
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from zope.interface import implementer
@@ -907,3 +908,39 @@ def test_unix_streams_pass_data_and_file_descriptors(tmp_path):
         for fd in [r, w] + got["fds"]:
             os.close(fd)
         cleanup(reactor)
+
+
+def test_transport_calls_after_the_reactor_closed():
+    """
+    A connection still referenced after its reactor was closed: write,
+    startReading, pauseProducing/resumeProducing and loseConnection are harmless
+    (no SQE is prepared on the unmapped ring).
+    """
+    reactor = make_reactor()
+    kept = {}
+
+    class Keep(Protocol):
+        def connectionMade(self):
+            kept["t"] = self.transport
+            # Unregistered, so the shutdown's disconnectAll leaves it connected.
+            reactor.removeAll()
+            reactor.stop()
+
+    port, portno = listen(reactor, Factory.forProtocol(Keep))
+    reactor.connectTCP("127.0.0.1", portno, ClientFactory.forProtocol(Protocol))
+    run(reactor)
+    cleanup(reactor)
+    assert reactor.ring.closed
+    t = kept["t"]
+    assert t.connected and not t.disconnected
+    t.write(b"after close")
+    t.doWrite()
+    t.startReading()
+    t.pauseProducing()
+    t.resumeProducing()
+    t.loseConnection()
+    t._armRecv()
+    reactor._leanCancel(12345)
+    t.abortConnection()
+    t.connectionLost(failure.Failure(error.ConnectionDone()))
+    assert t.disconnected

@@ -527,6 +527,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         """Cancel the transport op with user_data C{target}; nobody awaits the answer."""
         from txuring.tcp import _QUIET
         ring = self.ring
+        if ring._closed or ring._forked:
+            return  # nothing of this ring runs any more
         ud = next(ring._ids)
         ring._handles[ud] = _QUIET
         if ring._backlog or lib.txu_lean_cancel(ring._r, target, ud, 0) == -errno.EBUSY:

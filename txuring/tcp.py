@@ -313,6 +313,8 @@ class _CompletionConnection:
         """
         reactor = self.reactor
         ring = reactor.ring
+        if ring._closed or ring._forked:
+            return  # the reactor was closed (or this is a fork child): nothing to arm
         ud = next(ring._ids)
         op = self._recvOp = _RecvOp(self, ud)
         ring._handles[ud] = op
@@ -529,10 +531,12 @@ class _CompletionConnection:
                     return self._writeDrained()
                 self._queuePass()  # more behind SEND_LIMIT: next pass
                 return None
+        ring = reactor.ring
+        if ring._closed or ring._forked:
+            return _CONNECTION_LOST  # the reactor was closed: the bytes cannot go
         op = self._sendRecord
         if op is None:
             op = self._sendRecord = _SendOp(self)
-        ring = reactor.ring
         ud = op.ud = next(ring._ids)
         op._keep = data
         self._sendOp = op

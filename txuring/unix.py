@@ -65,6 +65,8 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
 
     def _armRecv(self, multishot=0):
         ring = self.reactor.ring
+        if ring._closed or ring._forked:
+            return  # the reactor was closed (or this is a fork child)
         buf = bytearray(self.bufferSize)  # the Handle holds it until the op ends
         h = ring.recv_msg(self._fd, [buf], max_fds=_MAX_FDS)
         op = self._recvOp = _MsgOp(h.user_data)
