@@ -571,6 +571,9 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             timeout = 0
         if ring.cqe_ready(timeout):
             ring.fill_completions()
+        bufs = self._recvBufs
+        if bufs is not None and bufs.pending:
+            bufs.flush()  # the receive buffers of the batch, back in one call
         if self._passQueue:
             self._runPasses()
         if self._tryWrites:

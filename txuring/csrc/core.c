@@ -1023,3 +1023,19 @@ static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, uns
     sqe->addr = target;
     return 0;
 }
+
+/* Hand n buffers back to provided-buffer ring b in one go: buffer bids[i] is the size
+ * bytes at base + bids[i] * size. One tail store for the batch (the transports return
+ * the buffers of a whole harvested batch at once). */
+static void txu_lean_provide_many(struct txu_bufring *b, char *base, unsigned size,
+                                  const uint16_t *bids, unsigned n)
+{
+    unsigned short tail = b->br->tail;
+    for (unsigned i = 0; i < n; i++) {
+        struct io_uring_buf *buf = &b->br->bufs[(unsigned short)(tail + i) & b->mask];
+        buf->addr = (uint64_t)(uintptr_t)(base + (size_t)bids[i] * size);
+        buf->len = size;
+        buf->bid = bids[i];
+    }
+    __atomic_store_n(&b->br->tail, (unsigned short)(tail + n), __ATOMIC_RELEASE);
+}
