@@ -1220,6 +1220,8 @@ class File:
         Idempotent; after it every other method raises ValueError.
         """
         if self._closing is None:
+            if not _in_reactor_thread():
+                self._fs._ops()  # raises WrongThread
             self._closing = _run(self._close())
         d = Deferred()
         self._closing.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure)

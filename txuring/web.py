@@ -168,6 +168,12 @@ class Directory(resource.Resource):
     def __repr__(self):
         return "<txuring.web.Directory %r>" % (self.path,)
 
+    def close(self):
+        """Close the root directory's fd (reopened by the next request, if any)."""
+        fd, self._root_fd = self._root_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def _resolve_flags(self):
         if self.allow_symlink_escape:
             return 0

@@ -56,6 +56,9 @@ def test_runs_on_the_expected_reactor_and_backend(fs):
             assert fs.backend.driver is not None and fs.backend.driver.reactor is reactor()
     else:
         assert fs.reason
+    want_reason = expected("TXURING_EXPECT_REASON")
+    if want_reason:
+        assert want_reason in fs.reason, fs.reason
 
 
 # ---- whole files ----
@@ -490,12 +493,17 @@ async def test_calls_from_another_thread_raise_wrongthread(fs, tmp_path):
                 call()
             except txfs.WrongThread as e:
                 caught.append(str(e))
+        try:
+            f.close()
+        except txfs.WrongThread as e:
+            caught.append(str(e))
 
     t = threading.Thread(target=other)
     t.start()
     t.join()
+    assert not f.closed
     await f.close()
-    assert len(caught) == 4 and "blockingCallFromThread" in caught[0]
+    assert len(caught) == 5 and "blockingCallFromThread" in caught[0]
 
 
 @ensure
@@ -634,3 +642,64 @@ async def test_cancel_a_blocked_read_of_a_fifo(fs, tmp_path):
         await f.close()
     finally:
         os.close(keep)
+
+
+# ---- io-wq caps, and ops the kernel lacks ----
+
+
+def _iou_workers():
+    n = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % (t,)) as f:
+                n += f.read().startswith("iou-wrk")
+        except OSError:
+            pass
+    return n
+
+
+@ensure
+async def test_iowq_worker_caps_bound_the_kernel_threads(fs, tmp_path):
+    if fs.kind != "io_uring":
+        pytest.skip("io-wq caps are an io_uring matter")
+    capped = txfs.FileSystem(reactor(), max_workers=(2, 2))
+    paths = [tmp_path / str(i) for i in range(100)]
+    peak = [0]
+    sampler = task.LoopingCall(lambda: peak.__setitem__(0, max(peak[0], _iou_workers())))
+    sampler.start(0.001)
+    try:
+        for _ in range(2):
+            await defer.gatherResults([capped.write_file(p, b"y" * 4096, atomic=True)
+                                       for p in paths])
+    finally:
+        sampler.stop()
+        # (io-wq is per task: give the reactor's thread its default caps back)
+        capped.ops().apply_max_workers(txfs.DEFAULT_MAX_WORKERS)
+        if capped.ops().driver is not None:
+            await capped._shutdown()
+    assert 1 <= peak[0] <= 2, peak
+
+
+@ensure
+async def test_an_op_the_kernel_lacks_runs_on_the_thread_pool(fs, tmp_path, monkeypatch):
+    if fs.kind != "io_uring":
+        pytest.skip("the thread backend has every op")
+    ring = fs.ops().ring
+    real = ring.op_supported
+    monkeypatch.setattr(ring, "op_supported", lambda op: op not in (
+        "mkdirat", "ftruncate") and real(op))
+    logged = []
+    from twisted.python import log
+
+    log.addObserver(logged.append)
+    try:
+        await fs.mkdir(tmp_path / "d")
+        (tmp_path / "f").write_bytes(b"12345")
+        await fs.truncate(tmp_path / "f", 2)
+        async with fs.open(tmp_path / "f", "r+b") as f:
+            await f.truncate(1)
+    finally:
+        log.removeObserver(logged.append)
+    assert (tmp_path / "d").is_dir() and (tmp_path / "f").read_bytes() == b"1"
+    text = " ".join(" ".join(map(str, e.get("message", ()))) for e in logged)
+    assert "no mkdirat op (it needs Linux 5.15)" in text or "mkdirat" in fs.ops()._logged

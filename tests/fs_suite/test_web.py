@@ -100,8 +100,7 @@ def site(tmp_path):
            "root": root, "big": big, "resource": ours}
     for p in ports:
         pytest_twisted.blockon(defer.maybeDeferred(p.stopListening))
-    if ours._root_fd is not None:
-        os.close(ours._root_fd)
+    ours.close()
 
 
 def _same(theirs, ours, headers=(b"content-type", b"content-length", b"content-range",
@@ -197,7 +196,7 @@ async def test_symlink_escape_when_allowed(site, tmp_path):
         assert (await raw(port.getHost().port, b"/../outside"))[0] == 404  # never '..'
     finally:
         await port.stopListening()
-        os.close(res._root_fd)
+        res.close()
 
 
 @ensure
@@ -213,7 +212,7 @@ async def test_directory_listing_off_by_default_and_on_when_asked(site):
         assert b'href="f.txt"' in body and b'href="d/"' in body
     finally:
         await port.stopListening()
-        os.close(res._root_fd)
+        res.close()
 
 
 @ensure
