@@ -561,8 +561,8 @@ class FileSystem:
     async def _read_file(self, ops, path):
         fd = await self._open_file(ops, path, os.O_RDONLY)
         try:
-            size = (await ops.fstat(fd)).st_size
-            return await _read_all(ops, fd, 0, size)
+            st = await ops.fstat(fd)
+            return await _read_all(ops, fd, 0, st.st_size, _stat.S_ISREG(st.st_mode))
         finally:
             await _close(ops, fd)
 
@@ -889,11 +889,16 @@ async def _remove_quietly(ops, path):
         pass
 
 
-async def _read_all(ops, fd, offset, size_hint):
+async def _read_all(ops, fd, offset, size_hint, regular=False):
     """
     Read from C{offset} (None: the file position) to EOF; C{size_hint} (the size
-    fstat gave) sizes the first buffer, so a regular file takes one read, and a file
-    that lies about its size (/proc) still reads whole.
+    fstat gave) sizes the first buffer (one byte more), so a regular file takes one
+    read, and a file that lies about its size (/proc) still reads whole.
+
+    A C{regular} file that gave all fstat announced in a read shorter than asked is
+    at its end: the extra read that would return 0 is saved (a file growing
+    meanwhile fills the extra byte and is read on). /proc files announce 0 bytes,
+    and are read until a read returns 0.
     """
     buf = bytearray(min(max(size_hint, 0), _MAX_OP) + 1)
     got = 0
@@ -908,6 +913,8 @@ async def _read_all(ops, fd, offset, size_hint):
         if n == 0:
             break
         got += n
+        if regular and got < len(buf) and got >= size_hint > 0:
+            break  # all fstat announced, and a short read: the end
     del buf[got:]
     return bytes(buf)
 
