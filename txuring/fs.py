@@ -279,8 +279,29 @@ def _cancel_paused(d):
 
 def _blocking_open(path, flags, mode, resolve, dir_fd):
     if resolve:
-        return _openat2_syscall(path, flags, mode, resolve, dir_fd)
+        try:
+            return _openat2_syscall(path, flags, mode, resolve, dir_fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            # No openat2(2) (a seccomp profile older than it): check by hand.
+            return _open_beneath(path, flags, mode, dir_fd)
     return os.open(path, flags | _O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def _open_beneath(path, flags, mode, dir_fd):
+    """
+    The last resort for RESOLVE_BENEATH: refuse C{path} unless its resolved form is
+    under C{dir_fd}'s directory, then open that resolved path with O_NOFOLLOW. A
+    symlink swapped in between the check and the open is refused (ELOOP) for the last
+    component only: prefer a system with openat2 (5.6) where that matters.
+    """
+    root = os.path.realpath("/proc/self/fd/%d" % (dir_fd,)) if dir_fd is not None else \
+        os.path.realpath(".")
+    real = os.path.realpath(os.path.join(root, os.fsdecode(path)))
+    if os.path.commonpath([root, real]) != root:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), path)
+    return os.open(real, flags | _O_CLOEXEC | os.O_NOFOLLOW, mode)
 
 
 def _blocking_read(fd, buf, offset):
@@ -730,7 +751,8 @@ class FileSystem:
     def mkdir(self, path, mode=0o777, *, parents=False, exist_ok=False):
         """mkdir(2), with C{pathlib.Path.mkdir}'s C{parents} and C{exist_ok}."""
         path = _path(path)
-        _size(mode, "mode")
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+            raise ValueError("mode must be an int from 0 to 0o7777, not %r" % (mode,))
         return _run(self._mkdir(self._ops(), path, mode, parents, exist_ok))
 
     async def _mkdir(self, ops, path, mode, parents, exist_ok):

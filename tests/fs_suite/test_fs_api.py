@@ -410,8 +410,9 @@ def test_bad_arguments_raise_at_the_call(fs, tmp_path):
         fs.truncate(tmp_path / "f", -1)
     with pytest.raises(ValueError):
         fs.truncate(tmp_path / "f", 2**64)
-    with pytest.raises(ValueError):
-        fs.mkdir(tmp_path / "m", -1)
+    for mode in (-1, 0o10000, 2**40, "0o777", True):
+        with pytest.raises(ValueError):
+            fs.mkdir(tmp_path / "m", mode)
     for mode in ("", "rw", "rr", "rt", "q", "r+w", "bb"):
         with pytest.raises(ValueError):
             fs.open(tmp_path / "f", mode)
