@@ -357,10 +357,14 @@ class RingOps:
         self.threads = threads
         self.driver = driver
         self._logged = set()
+        self._ok = set()  # ops found supported (the probe asked once each)
         self._result = ring.syscall_result
 
     def _has(self, op):
+        if op in self._ok:
+            return True
         if self.ring.op_supported(op):
+            self._ok.add(op)
             return True
         if op not in self._logged:
             self._logged.add(op)
@@ -580,18 +584,21 @@ class FileSystem:
         return _run(self._read_file(self._ops(), path))
 
     async def _read_file(self, ops, path):
-        fd = await self._open_file(ops, path, os.O_RDONLY)
+        fd, st = await self._open_file(ops, path, os.O_RDONLY)
         try:
-            st = await ops.fstat(fd)
             return await _read_all(ops, fd, 0, st.st_size, _stat.S_ISREG(st.st_mode))
         finally:
             await _close(ops, fd)
 
     async def _open_file(self, ops, path, flags, mode=0o666):
-        """open(2), refusing directories as Python's open() does (IsADirectoryError)."""
+        """
+        open(2), refusing directories as Python's open() does (IsADirectoryError):
+        C{(fd, its fstat)}, the stat None for a file opened for writing (the kernel
+        refuses a directory with EISDIR there already).
+        """
         fd = await ops.open(path, flags, mode)
         if flags & (os.O_WRONLY | os.O_RDWR):
-            return fd  # the kernel said EISDIR already
+            return fd, None
         try:
             st = await ops.fstat(fd)
         except BaseException:
@@ -600,7 +607,7 @@ class FileSystem:
         if _stat.S_ISDIR(st.st_mode):
             await _close(ops, fd)
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        return fd
+        return fd, st
 
     def write_file(self, path, data, *, atomic=False):
         """
@@ -699,7 +706,7 @@ class FileSystem:
         for st, name in ((sst, src), (dst_st, dst)):
             if st is not None and _stat.S_ISFIFO(st.st_mode):
                 raise shutil.SpecialFileError("`%s` is a named pipe" % (name,))
-        fin = await self._open_file(ops, src, os.O_RDONLY)
+        fin, _ = await self._open_file(ops, src, os.O_RDONLY)
         try:
             fout = await ops.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
@@ -829,7 +836,7 @@ class FileSystem:
         return _OpenDeferred(self._open(ops, path, mode, flags, readable, writable, append))
 
     async def _open(self, ops, path, mode, flags, readable, writable, append):
-        fd = await self._open_file(ops, path, flags, 0o666)
+        fd, _ = await self._open_file(ops, path, flags, 0o666)
         if append:
             os.lseek(fd, 0, os.SEEK_END)  # as Python's 'a' mode: start at the end
         return File(self, ops, fd, path, mode, readable, writable, append)
