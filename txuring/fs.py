@@ -1158,7 +1158,21 @@ class File:
         if size is None or (isinstance(size, int) and size < 0):
             return self._track(self._read_all(offset), offset is None)
         _size(size, "size")
+        if offset is not None and 0 < size <= CHUNK:
+            # pread of one chunk: one op, no coroutine, unless it comes back short.
+            buf = bytearray(size)
+            d = self._ops.read(self._fd, buf, offset)
+            return self._track(d.addCallback(self._after_pread, buf, offset))
         return self._track(_read_upto(self._ops, self._fd, size, offset), offset is None)
+
+    def _after_pread(self, n, buf, offset):
+        if n == len(buf):
+            return bytes(buf)
+        if n == 0:
+            return b""
+        # Short (a pipe, a file shorter than asked): read on, as read(size) promises.
+        rest = _run(_read_upto(self._ops, self._fd, len(buf) - n, offset + n))
+        return rest.addCallback(lambda more: bytes(buf[:n]) + more)
 
     async def _read_all(self, offset):
         st = await self._ops.fstat(self._fd)

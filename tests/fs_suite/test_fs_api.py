@@ -311,6 +311,8 @@ async def test_file_position_like_python(fs, tmp_path):
         assert await f.read() == b"89"
         assert await f.read(5) == b""
         assert await f.read(2, offset=0) == b"01"
+        assert await f.read(5, offset=8) == b"89"  # short at EOF: read on, then 0
+        assert await f.read(5, offset=50) == b""
         assert await f.seek(0) == 0
         buf = bytearray(4)
         assert await f.readinto(buf) == 4 and buf == b"0123"
