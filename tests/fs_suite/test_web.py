@@ -7,7 +7,6 @@ import errno
 import gzip
 import os
 import re
-import time
 
 import pytest
 import pytest_twisted
