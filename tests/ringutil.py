@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -70,3 +71,25 @@ def rerun_alone(request, timeout=120):
         env=dict(os.environ, TXURING_TEST_ALONE=request.node.nodeid))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return True
+
+
+@contextmanager
+def interrupt_at_entry(function):
+    """
+    Within the block, the first call of C{function} raises KeyboardInterrupt at its
+    entry, as a signal handler does when CPython checks for signals there.
+    """
+    target = function.__code__
+    armed = [True]
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is target and armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt("signal at the entry of %s" % (function.__qualname__,))
+        return None
+
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
