@@ -307,7 +307,7 @@ class Control:
         def done(outcomes):
             for o in outcomes:
                 results[o] = results.get(o, 0) + 1
-            return {"outcomes": results, "fds": fd_count()}
+            return {"outcomes": results}
 
         return defer.gatherResults(waiting).addCallback(done)
 

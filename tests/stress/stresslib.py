@@ -123,16 +123,17 @@ class Server:
         return self.info[name]
 
     def call(self, cmd, timeout=120, **kw):
-        self._control.settimeout(timeout)
-        self._control.sendall(json.dumps(dict(cmd=cmd, **kw)).encode() + b"\n")
-        line = self._control_file.readline()
-        if not line:
-            raise AssertionError("the %s server closed its control port (status %s): %s"
-                                 % (self.reactor, self.proc.poll(), self.stderr()))
-        reply = json.loads(line)
-        if "error" in reply:
-            raise AssertionError("the %s server: %s" % (self.reactor, reply["error"]))
-        return reply
+        """Send one command on the control port and return the server's reply."""
+        return _call(self, self._control, self._control_file, cmd, timeout, kw)
+
+    def side_call(self, cmd, timeout=120, **kw):
+        """L{call} on a control connection of its own (for another thread)."""
+        sock = socket.create_connection(("127.0.0.1", self.info["control"]))
+        try:
+            with sock.makefile("rb") as f:
+                return _call(self, sock, f, cmd, timeout, kw)
+        finally:
+            sock.close()
 
     def sample(self):
         """Record and return (t, rss, fds) of the server from /proc."""
@@ -202,6 +203,19 @@ class Server:
             self.errfile.close()
         if os.path.exists(self.errfile.name):
             os.unlink(self.errfile.name)
+
+
+def _call(server, sock, f, cmd, timeout, kw):
+    sock.settimeout(timeout)
+    sock.sendall(json.dumps(dict(cmd=cmd, **kw)).encode() + b"\n")
+    line = f.readline()
+    if not line:
+        raise AssertionError("the %s server closed its control port (status %s): %s"
+                             % (server.reactor, server.proc.poll(), server.stderr()))
+    reply = json.loads(line)
+    if "error" in reply:
+        raise AssertionError("the %s server: %s" % (server.reactor, reply["error"]))
+    return reply
 
 
 # ---- an echo load that checks every message ----
