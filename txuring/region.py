@@ -39,6 +39,17 @@ class Chunk:
     __slots__ = ("region", "index", "offset", "length", "_ptr", "freed", "_ops")
 
     def __init__(self, region, index):
+        # A chunk is a pointer into its Region's memory that the kernel reads or
+        # writes: outside the Region it would be anyone's memory (a fixed buffer is
+        # range-checked by the kernel, but a Region without one uses plain reads).
+        if not isinstance(region, Region):
+            raise TypeError("a Chunk belongs to a Region, not %r (get chunks from "
+                            "Region.alloc())" % (type(region).__name__,))
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError("a Chunk's index is an int, not %r" % (type(index).__name__,))
+        if not 0 <= index < region._nblocks:
+            raise ValueError("chunk index %d is outside the region's %d blocks"
+                             % (index, region._nblocks))
         self.region = region
         self.index = index
         self.offset = index * region.block_size
@@ -86,6 +97,11 @@ class Region:
     """
 
     def __init__(self, ring, nblocks, block_size=4096, *, fallback=True):
+        from txuring.ring import Ring
+
+        if not isinstance(ring, Ring):
+            raise TypeError("a Region is registered with a Ring, not %r"
+                            % (type(ring).__name__,))
         ring._check_usable()
         if not isinstance(nblocks, int) or nblocks <= 0:
             raise ValueError("nblocks must be an int > 0")
@@ -176,6 +192,8 @@ class Region:
         Return C{chunk}. Refused while an op still uses it (the kernel may be writing
         into it) and for a chunk of another region.
         """
+        if not isinstance(chunk, Chunk):
+            raise TypeError("Region.free() takes a Chunk, not %r" % (type(chunk).__name__,))
         if chunk.region is not self:
             raise ValueError("this chunk belongs to another region")
         if chunk.freed:
