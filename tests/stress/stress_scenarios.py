@@ -268,7 +268,7 @@ RECORD = 32
 
 def record(file_id, version, index):
     """The 32-byte record at C{index} of version C{version} of file C{file_id}."""
-    return b"%06d:%08d:%014d\n" % (file_id, version, index)
+    return b"%06d:%08d:%015d\n" % (file_id, version, index)
 
 
 def content(file_id, version, size_records):
@@ -326,7 +326,9 @@ def fs_race(reactor, files=20, seconds=3.0, outstanding=16, directory=None):
                 if how == 0:
                     os.unlink(p)
                 elif how == 1:
-                    os.truncate(p, rng.randrange(0, 64) * RECORD + rng.randrange(RECORD))
+                    # (shrinking only: a longer size would add zeros, no version's bytes)
+                    os.truncate(p, min(os.path.getsize(p), rng.randrange(0, 64) * RECORD +
+                                       rng.randrange(RECORD)))
                 elif how == 2:
                     with open(p, "r+b" if os.path.exists(p) else "wb") as f:
                         f.write(content(i, version, size))
@@ -382,6 +384,7 @@ def fs_race(reactor, files=20, seconds=3.0, outstanding=16, directory=None):
                 bad.append((i, repr(f.value)))
 
         d.addCallbacks(ok, failed)
+        d.addErrback(lambda f: bad.append((i, "the check raised: %r" % (f.value,))))
 
         def next_(_):
             state["running"] -= 1

@@ -188,8 +188,8 @@ def make_services(reactor, counters, web_root):
 
         def render_GET(self, request):
             counters.bump("dyn_requests")
-            body = b"dynamic %d %s\n" % (counters.get("dyn_requests", 0),
-                                          request.uri[:200])
+            # (depends on the request only: the garbage test compares two servers)
+            body = b"dynamic %s %s\n" % (request.method, request.uri[:200])
             request.setHeader(b"content-type", b"text/plain")
             return body
 
