@@ -42,6 +42,18 @@ def wait_until(reactor, condition, timeout=5.0):
 
 
 @pytest.fixture
+def pipe():
+    """A pipe (read fd, write fd), both closed after the test unless closed already."""
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
 def reactor():
     from twisted.internet import reactor
 
@@ -78,24 +90,32 @@ def ring(make_ring):
 # ---- tests/conformance: Twisted's reactor suite, run by tests/test_conformance.py ----
 
 _CONFORMANCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance")
+#: txuring.fs and txuring.web's tests, run once per reactor by tests/test_fs_reactors.py.
+_FS_SUITE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fs_suite")
 
 #: Where tests/test_conformance.py leaves each module's counts for the summary.
 CONFORMANCE_SUMMARY = pytest.StashKey[list]()
 
 
-def _inside_conformance(path):
+def _inside(directory, path):
     path = os.path.abspath(str(path))
-    return path == _CONFORMANCE_DIR or path.startswith(_CONFORMANCE_DIR + os.sep)
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def _inside_conformance(path):
+    return _inside(_CONFORMANCE_DIR, path)
 
 
 def pytest_ignore_collect(collection_path, config):
     """
     Leave tests/conformance to tests/test_conformance.py, which runs each of its
-    modules in a subprocess of its own, unless the command line names something in it.
+    modules in a subprocess of its own, and tests/fs_suite to tests/test_fs_reactors.py,
+    which runs it once per reactor, unless the command line names something in them.
     """
-    if _inside_conformance(collection_path) and not any(
-            _inside_conformance(arg.split("::")[0]) for arg in config.args):
-        return True
+    for directory in (_CONFORMANCE_DIR, _FS_SUITE_DIR):
+        if _inside(directory, collection_path) and not any(
+                _inside(directory, arg.split("::")[0]) for arg in config.args):
+            return True
     return None
 
 

@@ -28,6 +28,7 @@ import txuring
 from txuring import errors
 
 from conftest import open_fds
+from ringutil import drive_until, need, settle
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(txuring.__file__)))
 CQE_F_BUFFER = 1
@@ -50,44 +51,10 @@ def run_isolated(code, timeout=30):
     return proc.stdout
 
 
-def drive(ring, condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the ring did not get there in %s s" % (timeout,)
-        ring.cqe_ready(0.02)
-        ring.fill_completions()
-
-
-def settle(ring, timeout=5.0):
-    drive(ring, lambda: ring.active_ops == 0, timeout)
-
-
-def need(op):
-    """Skip unless the running kernel has io_uring operation C{op}."""
-    ring = txuring.Ring(2)
-    try:
-        if not ring.op_supported(op):
-            from txuring.opcode import OPCODES
-            pytest.skip("needs io_uring %s (Linux %s)" % (op, OPCODES[op].since))
-    finally:
-        ring.exit()
-
-
 def clear_error(e):
     """Whether C{e} is an error meant for the caller: a known class and a sentence."""
     return isinstance(e, (ValueError, RuntimeError, errors.RingClosed)) and \
         len(str(e)) >= 15 and " " in str(e)
-
-
-@pytest.fixture
-def pipe():
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # ---- 1: a closed ring, and exit() inside ring.linked() ----
@@ -243,7 +210,7 @@ def _one_message(ring, bufs, sock_pair):
     h = ring.recv_multishot(b.fileno(), bufs, lambda res, flags: got.append((res, flags)))
     ring.submit()
     a.send(b"abc")
-    drive(ring, lambda: got)
+    drive_until(ring, lambda: got)
     return h, got[0]
 
 
@@ -330,13 +297,13 @@ def test_defect4_fork_child_closing_leaves_the_parents_buffers(setup):
         h = ring.recv_multishot(b.fileno(), bufs, on_cqe)
         ring.submit()
         a.send(b"hello")
-        drive(ring, lambda: got)
+        drive_until(ring, lambda: got)
         assert got[0] == (5, b"hello"), "the parent's recv_multishot got %r after the " \
             "child's BufferRing.close() (ENOBUFS = -%d)" % (got, errno.ENOBUFS)
         ring.cancel(h)
         os.write(w, b"fixed")
         h2 = ring.read_fixed(r, chunk, nbytes=5)
-        drive(ring, lambda: h2.done)
+        drive_until(ring, lambda: h2.done)
         assert h2.result == 5, "the parent's read_fixed ended with %r after the child's " \
             "Region.close() (EFAULT = -%d)" % (h2.result, errno.EFAULT)
         assert chunk.bytes(5) == b"fixed"
@@ -527,7 +494,7 @@ def test_defect7_signal_storm_during_fill_completions_loses_nothing():
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, previous)
     try:
-        drive(ring, lambda: ring.active_ops == 0, 5)
+        drive_until(ring, lambda: ring.active_ops == 0, 5)
     except AssertionError:
         lost = [h for h in handles if not h.done]
         pytest.fail("%d of %d ops never completed after %d interrupts (e.g. %r)" % (
@@ -588,8 +555,8 @@ def test_defect8_handle_of_another_ring_refused(pipe):
         assert not ha.done and not hb.done, (ha, hb)  # nothing was cancelled
         os.write(w, b"ring a")
         os.write(w2, b"ring b")
-        drive(a, lambda: ha.done)
-        drive(b, lambda: hb.done)
+        drive_until(a, lambda: ha.done)
+        drive_until(b, lambda: hb.done)
         assert ha.result == 6 and hb.result == 6, (ha, hb)
     finally:
         for ring in (a, b):
@@ -800,7 +767,7 @@ def test_suspect_region_closed_then_read_fixed_is_no_efault(pipe):
             assert clear_error(e), e
         else:
             os.write(w, b"after")
-            drive(ring, lambda: h.done)
+            drive_until(ring, lambda: h.done)
             assert h.result == 5, "read_fixed on a chunk of a closed region: %r" % (h,)
             assert chunk.bytes(5) == b"after"
             chunk.free()
@@ -809,7 +776,7 @@ def test_suspect_region_closed_then_read_fixed_is_no_efault(pipe):
         c2 = region2.alloc()
         os.write(w, b"again")
         h2 = ring.read_fixed(r, c2, nbytes=5)
-        drive(ring, lambda: h2.done)
+        drive_until(ring, lambda: h2.done)
         assert h2.result == 5 and c2.bytes(5) == b"again"
         c2.free()
         region2.close()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -84,11 +85,19 @@ def test_echochat_tac_serves_echo_chat_and_status(echochat):
         bob.sendall(b"hello ann\n")
         assert recv_until(ann, b"hello ann\n").endswith(b"<bob> hello ann\n")
 
-    with urllib.request.urlopen("http://127.0.0.1:%d/" % echochat["WEB_PORT"],
-                                timeout=10) as response:
+    web = "http://127.0.0.1:%d/" % echochat["WEB_PORT"]
+    with urllib.request.urlopen(web, timeout=10) as response:
+        listing = response.read()
+    assert b'href="echochat.tac"' in listing and b'href="copy_file.py"' in listing
+    with urllib.request.urlopen(web + "echochat.py", timeout=10) as response:
+        assert response.headers["content-type"] == "text/x-python"
+        assert response.read() == open(os.path.join(ROOT, "examples", "echochat.py"),
+                                       "rb").read()
+    with urllib.request.urlopen(web + "_status", timeout=10) as response:
         status = json.load(response)
     assert status["reactor"] == "txuring.reactor.UringReactor"
     assert status["ring"]["completed"] > 0
+    assert status["fs"]["backend"] == "io_uring"
 
 
 def test_echochat_tac_runs_as_a_daemon(tmp_path):
@@ -116,3 +125,65 @@ def test_echochat_tac_runs_as_a_daemon(tmp_path):
             time.sleep(0.05)
     log = logfile.read_text()
     assert "Server Shut Down." in log and "Traceback" not in log, log
+
+
+def _http(method, url, data=None):
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_notes_example_on_epoll(tmp_path):
+    """examples/notes.py: a service on the default reactor using txuring.fs."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "examples", "notes.py"), str(tmp_path / "n"),
+         str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        connect(port, time.monotonic() + 20).close()
+        base = "http://127.0.0.1:%d/" % (port,)
+        payload = os.urandom(100000)
+        assert _http("PUT", base + "notes/first", payload)[0] == 201
+        assert _http("GET", base + "notes/first") == (200, payload)
+        assert _http("GET", base + "files/first") == (200, payload)
+        assert _http("GET", base + "notes/") == (200, b'["first"]')
+        assert _http("GET", base + "notes/missing")[0] == 404
+        assert _http("GET", base + "notes/..")[0] == 404
+        assert _http("DELETE", base + "notes/first")[0] == 204
+        assert _http("GET", base + "notes/")[1] == b"[]"
+        assert os.listdir(tmp_path / "n") == []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert b"reactor: EPollReactor" in out
+    assert b"Traceback" not in out, out.decode(errors="replace")
+
+
+def test_twistd_txweb_plugin_serves_a_directory(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_bytes(b"<h1>hello</h1>")
+    (tmp_path / "site" / "big.bin").write_bytes(os.urandom(1 << 20))
+    port = free_port()
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "--reactor=uring", "txweb", "--path",
+         str(tmp_path / "site"), "--listen", "tcp:%d:interface=127.0.0.1" % (port,),
+         "--logfile", str(tmp_path / "access.log"), "--status"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        connect(port, time.monotonic() + 20).close()
+        base = "http://127.0.0.1:%d/" % (port,)
+        assert _http("GET", base) == (200, b"<h1>hello</h1>")
+        assert _http("GET", base + "big.bin")[1] == (tmp_path / "site" / "big.bin").read_bytes()
+        assert _http("GET", base + "nope")[0] == 404
+        status = json.loads(_http("GET", base + "_status")[1])
+        assert status["reactor"] == "txuring.reactor.UringReactor"
+        assert status["fs"]["backend"] == "io_uring"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert b"Traceback" not in out, out.decode(errors="replace")
+    assert b'"GET /big.bin HTTP/1.1" 200 1048576' in (tmp_path / "access.log").read_bytes()

@@ -24,31 +24,10 @@ from twisted.python import log
 import txuring
 from txuring import errors
 from txuring.handle import Handle
+from ringutil import drive, need, settle, wait_cqes
 
 CQE_F_BUFFER = 1
 _DIR = os.path.dirname(os.path.abspath(txuring.__file__))
-
-
-def drive(ring, condition, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        ring.cqe_ready(0.01)
-        ring.fill_completions()
-    return True
-
-
-def wait_cqes(ring, n=1, timeout=3.0):
-    """Wait until C{n} CQEs are ready, dispatching none."""
-    deadline = time.monotonic() + timeout
-    while ring.cq_ready < n:
-        assert time.monotonic() < deadline, "no CQE came"
-        ring.cqe_ready(0.01)
-
-
-def settle(ring, timeout=3.0):
-    return drive(ring, lambda: ring.active_ops == 0, timeout)
 
 
 def fd_open(fd):
@@ -57,26 +36,6 @@ def fd_open(fd):
     except OSError:
         return False
     return True
-
-
-def need(op):
-    ring = txuring.Ring(2)
-    try:
-        if not ring.op_supported(op):
-            pytest.skip("needs io_uring %s" % (op,))
-    finally:
-        ring.exit()
-
-
-@pytest.fixture
-def pipe():
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from txuring._core import ffi
 from txuring.handle import DONE, QUEUED
 
 from conftest import open_fds, wait_until
+from ringutil import drive_until, settle
 
 
 class Buf(bytearray):
@@ -40,19 +41,6 @@ class Buf(bytearray):
 
 
 Data = Buf  # what a write reads: any buffer; this one can be watched
-
-def drive(ring, condition, timeout=5.0):
-    """Submit, wait and dispatch until C{condition()} holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "ring did not get there in %s s" % (timeout,)
-        ring.cqe_ready(0.05)
-        ring.fill_completions()
-
-
-def settle(ring, timeout=5.0):
-    drive(ring, lambda: ring.active_ops == 0, timeout)
-
 
 def collected(ref):
     gc.collect()
@@ -77,17 +65,6 @@ def manual():
             ring.drain()
             settle(ring)
         ring.exit()
-
-
-@pytest.fixture
-def pipe():
-    r, w = os.pipe()
-    yield r, w
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # ---- user_data ----
@@ -124,14 +101,14 @@ def test_cancel_of_a_finished_op_never_hits_a_later_one(manual):
         cancelled = ring.cancel(first)  # the Python side still thinks it runs
         second = ring.recv(c, bytearray(10))
         assert second.user_data != first.user_data
-        drive(ring, lambda: cancelled.called and first.done)
+        drive_until(ring, lambda: cancelled.called and first.done)
         assert first.result == 1  # it had finished; the cancel got ENOENT
         assert cancelled.result is None
         ring.cqe_ready(0.05)
         ring.fill_completions()
         assert not second.done  # untouched by the cancel
         e.send(b"22")
-        drive(ring, lambda: second.done)
+        drive_until(ring, lambda: second.done)
         assert second.result == 2
 
 
@@ -156,7 +133,7 @@ def test_read_buffer_held_until_final_cqe_even_if_cancelled(manual, pipe):
     d.addErrback(lambda f: f.trap(CancelledError))
     d.cancel()
     assert not collected(ref)
-    drive(ring, lambda: h.done)
+    drive_until(ring, lambda: h.done)
     assert h.result == -errno.ECANCELED
     assert collected(ref)
 
@@ -177,7 +154,7 @@ def test_read_buffer_held_then_filled(manual, pipe):
         ring.fill_completions()
         assert not collected(ref)
     os.write(w, b"payload")
-    drive(ring, lambda: h.done)
+    drive_until(ring, lambda: h.done)
     assert seen == [7]
     assert collected(ref)
 
@@ -209,7 +186,7 @@ def test_readv_recv_recv_msg_buffers_held(manual, pipe):
         b.send(b"to-a")
         a.sendmsg([b"to-b"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                array.array("i", [w]).tobytes())])
-        drive(ring, lambda: hv.done and hr.done and hm.done)
+        drive_until(ring, lambda: hv.done and hr.done and hm.done)
         assert (hv.result, hr.result, hm.result) == (8, 4, 4)
         assert all(x == b"\xee" * len(x) for x in churn)
         assert all(collected(ref) for ref in refs)
@@ -436,7 +413,7 @@ def test_cancel_of_completed_but_not_harvested_op(manual, pipe):
     d.addErrback(lambda f: seen.append((f.check(CancelledError), h.state)))
     d.cancel()
     assert seen == []
-    drive(ring, lambda: seen and ring.active_ops == 0)
+    drive_until(ring, lambda: seen and ring.active_ops == 0)
     assert seen == [(CancelledError, DONE)]
     assert h.result == 5 and buf[:5] == b"ready"
 
@@ -703,7 +680,7 @@ def test_fork_child_cannot_use_the_ring_parent_unaffected(manual, pipe):
     ring.fill_completions()
     assert done_in_kernel.done and done_in_kernel.result == 0
     os.write(w, b"after")
-    drive(ring, lambda: inflight.done)
+    drive_until(ring, lambda: inflight.done)
     assert inflight.result == 5
     h = ring.noop()
     settle(ring)
@@ -911,7 +888,7 @@ def test_ext_arg_false_waits_with_timeouts(manual, pipe):
     h = ring.read(r, bytearray(3))
     threading.Timer(0.05, os.write, (w, b"abc")).start()
     t0 = time.monotonic()
-    drive(ring, lambda: h.done)
+    drive_until(ring, lambda: h.done)
     assert h.result == 3 and time.monotonic() - t0 < 2.0
     # Zero timeout: no wait at all.
     t0 = time.monotonic()
@@ -972,7 +949,7 @@ def test_start_disabled_ring_driven_by_another_thread(pipe, tmp_path):
             buf = bytearray(100)
             fd_h = ring.openat2(path)
             ring.submit()
-            drive(ring, lambda: fd_h.done)
+            drive_until(ring, lambda: fd_h.done)
             fd = fd_h.result
             h = ring.read(fd, buf, 0)
             hp = ring.read(r, bytearray(5))
@@ -1141,7 +1118,7 @@ def test_region_chunk_busy_while_op_in_flight(manual, pipe):
         chunk.free()
     assert not waiter.called
     os.write(w, b"fixed")
-    drive(ring, lambda: h.done)
+    drive_until(ring, lambda: h.done)
     assert h.result == 5 and chunk.bytes(5) == b"fixed"
     chunk.free()
     assert waiter.called

@@ -78,7 +78,6 @@ unsigned txu_cq_ready(struct txu_ring *r);
 int txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res, uint32_t *flags,
                 unsigned max);
 int txu_sq_rollback(struct txu_ring *r, unsigned n);
-uint64_t txu_sq_last_user_data(struct txu_ring *r);
 unsigned txu_cq_overflow(struct txu_ring *r);
 unsigned txu_sq_dropped(struct txu_ring *r);
 unsigned txu_sq_flags(struct txu_ring *r);

@@ -90,7 +90,9 @@ class CompletionQueue:
         total = 0
         unfinished = self._unfinished
         while unfinished:
-            unfinished[0]._finish()  # (idempotent: may run again if interrupted)
+            finish = getattr(unfinished[0], "_finish", None)
+            if finish is not None:
+                finish()  # (idempotent: may run again if interrupted)
             del unfinished[0]
         while r.fd >= 0 and not self.forked:  # (a target may close the ring, or fork)
             i = r.batch_next
@@ -134,8 +136,10 @@ class CompletionQueue:
                             if not flags & CQE_F_MORE:
                                 handles[ud] = target
                             i -= 1
-                        elif not flags & CQE_F_MORE and hasattr(target, "_finish"):
-                            unfinished.append(target)  # its delivery goes on later
+                        elif not flags & CQE_F_MORE:
+                            # Its delivery goes on at the next dispatch. (No call before
+                            # the append: CPython runs signal handlers after calls.)
+                            unfinished.append(target)
                         raise
             except BaseException:
                 r.batch_next = i

@@ -115,14 +115,17 @@ class SubmissionQueue:
         # and the queue record made before anything is registered.
         ud = handle.user_data
         if not self._backlog:
+            r = self._r
             self._handles[ud] = handle
             handle.state = SUBMITTED
+            tail = r.sqe_tail
             try:
-                ret = prep(self._r, *args, ud, 0)
+                ret = prep(r, *args, ud, 0)
             except BaseException:
                 # cffi refused an argument, or a signal handler raised after the call:
-                # the handle stays exactly when its SQE exists.
-                if lib.txu_sq_last_user_data(self._r) != ud:
+                # the handle stays exactly when its SQE exists. (Told with a field
+                # read, not a call: CPython runs signal handlers again after calls.)
+                if r.sqe_tail == tail:
                     del self._handles[ud]
                 raise
             if ret == 0:
@@ -154,6 +157,7 @@ class SubmissionQueue:
         """Prepare a queued op's SQE; False if the SQ is full."""
         handle = op.handle
         r = self._r
+        tail = r.sqe_tail
         try:
             if op.prep(r, *op.args, handle.user_data, 0) == -errno.EBUSY:
                 return False
@@ -164,8 +168,9 @@ class SubmissionQueue:
             self._end([handle], -errno.EINVAL)
             return None
         except BaseException:
-            # (A signal handler raised after the call: did the prep make the SQE?)
-            if lib.txu_sq_last_user_data(r) == handle.user_data:
+            # A signal handler raised after the call: did the prep make the SQE? (Told
+            # with a field read, not a call: CPython runs handlers again after calls.)
+            if r.sqe_tail != tail:
                 handle.state = SUBMITTED
                 self._backlog.popleft()
             raise

@@ -292,15 +292,6 @@ static int txu_sq_rollback(struct txu_ring *r, unsigned n)
     return 0;
 }
 
-/* The user_data of the SQE prepared last (0 if none yet): lets Python tell, after an
- * exception raised right after a prep call returned, whether that prep made its SQE. */
-static uint64_t txu_sq_last_user_data(struct txu_ring *r)
-{
-    if (!RING_OK(r))
-        return 0;
-    return r->sqes[(r->sqe_tail - 1) & r->sq_mask].user_data;
-}
-
 /* Make every prepared SQE visible to the kernel; returns how many are pending. */
 static unsigned flush_sq(struct txu_ring *r)
 {

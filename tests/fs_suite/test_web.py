@@ -1,0 +1,311 @@
+"""
+txuring.web.Directory against twisted.web.static.File, both behind a real Site on
+loopback, talked to over real sockets; on whichever reactor this process runs.
+"""
+
+import gzip
+import os
+import re
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol
+from twisted.web import server, static
+
+from fs_suite.conftest import open_fds, wait_until
+from txuring import web
+
+ensure = pytest_twisted.ensureDeferred
+
+
+def reactor():
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class _Collect(protocol.Protocol):
+    def __init__(self, request, abort_after=None, read=True):
+        self.request = request
+        self.data = bytearray()
+        self.done = defer.Deferred()
+        self.abort_after = abort_after
+        self.read = read
+
+    def connectionMade(self):
+        if not self.read:
+            self.transport.pauseProducing()
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.data += data
+        if self.abort_after is not None and len(self.data) >= self.abort_after:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(bytes(self.data))
+
+
+async def connect(port, proto):
+    await protocol.ClientCreator(reactor(), lambda: proto).connectTCP("127.0.0.1", port)
+    return proto
+
+
+async def raw(port, path, method=b"GET", headers=()):
+    """One request with Connection: close: (status, {header: value}, body)."""
+    req = b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" % (method, path)
+    for k, v in headers:
+        req += b"%s: %s\r\n" % (k, v)
+    proto = await connect(port, _Collect(req + b"\r\n"))
+    data = await proto.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(b":")
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, body
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Two servers of the same tree: static.File and txuring.web.Directory."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.txt").write_bytes(b"hello text\n")
+    (root / "page.html").write_bytes(b"<p>hi</p>")
+    (root / "blob.unknownext").write_bytes(os.urandom(3000))
+    (root / "data.json.gz").write_bytes(gzip.compress(b"{}"))
+    (root / "empty.txt").write_bytes(b"")
+    big = os.urandom(300 * 1024 + 17)
+    (root / "big.bin").write_bytes(big)
+    (root / "sub").mkdir()
+    (root / "sub" / "index.html").write_bytes(b"<h1>index</h1>")
+    (root / "sub" / "x.css").write_bytes(b"p{}")
+    (root / "noindex").mkdir()
+    (root / "noindex" / "f.txt").write_bytes(b"f")
+    (root / "noindex" / "d").mkdir()
+    (tmp_path / "outside").write_bytes(b"SECRET")
+    (root / "escape-rel").symlink_to("../outside")
+    (root / "escape-abs").symlink_to(str(tmp_path / "outside"))
+    (root / "inside-link.txt").symlink_to("a.txt")
+    os.mkfifo(root / "fifo")
+    ours = web.Directory(str(root))
+    ports = []
+    for res in (static.File(str(root)), ours):
+        ports.append(reactor().listenTCP(0, server.Site(res), interface="127.0.0.1"))
+    yield {"static": ports[0].getHost().port, "ours": ports[1].getHost().port,
+           "root": root, "big": big, "resource": ours}
+    for p in ports:
+        pytest_twisted.blockon(defer.maybeDeferred(p.stopListening))
+    if ours._root_fd is not None:
+        os.close(ours._root_fd)
+
+
+def _same(theirs, ours, headers=(b"content-type", b"content-length", b"content-range",
+                                  b"content-encoding", b"accept-ranges",
+                                  b"last-modified", b"location")):
+    assert ours[0] == theirs[0], (ours, theirs)
+    for h in headers:
+        assert ours[1].get(h) == theirs[1].get(h), (h, ours[1], theirs[1])
+    assert ours[2] == theirs[2]
+
+
+@ensure
+async def test_same_answers_as_static_file(site):
+    for path in (b"/a.txt", b"/page.html", b"/blob.unknownext", b"/data.json.gz",
+                 b"/empty.txt", b"/big.bin", b"/sub/", b"/sub/x.css", b"/missing",
+                 b"/sub/missing", b"/a.txt/x", b"/inside-link.txt", b"/%61.txt",
+                 b"/sub", b"/sub?q=1"):
+        theirs = await raw(site["static"], path)
+        ours = await raw(site["ours"], path)
+        if path.startswith(b"/sub") and theirs[0] == 302:
+            assert ours[0] == 302 and ours[1][b"location"] == theirs[1][b"location"]
+            continue
+        if theirs[0] == 404:
+            assert ours[0] == 404, path
+            continue
+        _same(theirs, ours)
+    status, hdrs, body = await raw(site["ours"], b"/big.bin")
+    assert status == 200 and body == site["big"]
+
+
+@ensure
+async def test_head_and_if_modified_since_as_static_file(site):
+    for path in (b"/a.txt", b"/big.bin", b"/sub/"):
+        _same(await raw(site["static"], path, b"HEAD"), await raw(site["ours"], path, b"HEAD"))
+    last = (await raw(site["ours"], b"/a.txt"))[1][b"last-modified"]
+    for since in (last, b"Sat, 01 Jan 2000 00:00:00 GMT"):
+        h = [(b"If-Modified-Since", since)]
+        theirs = await raw(site["static"], b"/a.txt", headers=h)
+        ours = await raw(site["ours"], b"/a.txt", headers=h)
+        _same(theirs, ours, headers=(b"last-modified",))
+    assert ours[0] == 200 and (await raw(site["ours"], b"/a.txt", headers=[
+        (b"If-Modified-Since", last)]))[0] == 304
+
+
+def _unboundary(resp):
+    status, hdrs, body = resp
+    m = re.search(rb'boundary="?([0-9a-f]+)', hdrs.get(b"content-type", b""))
+    if m:
+        body = body.replace(m.group(1), b"B")
+        hdrs = dict(hdrs)
+        hdrs[b"content-type"] = hdrs[b"content-type"].replace(m.group(1), b"B")
+    return status, hdrs, body
+
+
+@ensure
+async def test_ranges_as_static_file(site):
+    for rng in (b"bytes=0-9", b"bytes=10-", b"bytes=-5", b"bytes=100-200",
+                b"bytes=0-0,5-9,-3", b"bytes=99999999-", b"bytes=5-1", b"items=0-1",
+                b"bytes=0-5,99999999-", b"bytes=300000-400000", b"garbage"):
+        for path in (b"/big.bin", b"/a.txt"):
+            h = [(b"Range", rng)]
+            theirs = _unboundary(await raw(site["static"], path, headers=h))
+            ours = _unboundary(await raw(site["ours"], path, headers=h))
+            if theirs[0] == 416:
+                assert ours[0] == 416 and ours[1][b"content-range"] == \
+                    theirs[1][b"content-range"], (rng, path)
+                continue
+            _same(theirs, ours)
+    status, hdrs, body = await raw(site["ours"], b"/big.bin", headers=[
+        (b"Range", b"bytes=1000-70000")])
+    assert status == 206 and body == site["big"][1000:70001]
+
+
+@ensure
+async def test_no_escape_from_the_root(site):
+    assert b"SECRET" in (await raw(site["static"], b"/escape-rel"))[2]  # static.File does
+    for path in (b"/escape-rel", b"/escape-abs", b"/../outside", b"/sub/../../outside",
+                 b"/%2e%2e/outside", b"/sub/%2e%2e/%2e%2e/outside", b"/..%2Foutside",
+                 b"/sub/..", b"/./a.txt", b"//a.txt", b"/a.txt%00", b"/fifo",
+                 b"/\xff\xfe"):
+        status, hdrs, body = await raw(site["ours"], path)
+        assert status in (404, 400), (path, status)
+        assert b"SECRET" not in body
+
+
+@ensure
+async def test_symlink_escape_when_allowed(site, tmp_path):
+    res = web.Directory(site["root"], allow_symlink_escape=True)
+    port = reactor().listenTCP(0, server.Site(res), interface="127.0.0.1")
+    try:
+        assert (await raw(port.getHost().port, b"/escape-rel"))[2] == b"SECRET"
+        assert (await raw(port.getHost().port, b"/escape-abs"))[2] == b"SECRET"
+        assert (await raw(port.getHost().port, b"/../outside"))[0] == 404  # never '..'
+    finally:
+        await port.stopListening()
+        os.close(res._root_fd)
+
+
+@ensure
+async def test_directory_listing_off_by_default_and_on_when_asked(site):
+    assert (await raw(site["ours"], b"/noindex/"))[0] == 403
+    assert (await raw(site["static"], b"/noindex/"))[0] == 200
+    res = web.Directory(site["root"], listing=True)
+    port = reactor().listenTCP(0, server.Site(res), interface="127.0.0.1")
+    try:
+        status, hdrs, body = await raw(port.getHost().port, b"/noindex/")
+        theirs = await raw(site["static"], b"/noindex/")
+        assert status == 200 and body == theirs[2]
+        assert b'href="f.txt"' in body and b'href="d/"' in body
+    finally:
+        await port.stopListening()
+        os.close(res._root_fd)
+
+
+@ensure
+async def test_methods_other_than_get_and_head(site):
+    theirs = await raw(site["static"], b"/a.txt", b"POST")
+    ours = await raw(site["ours"], b"/a.txt", b"POST")
+    assert ours[0] == theirs[0] == 405
+
+
+@ensure
+async def test_client_leaving_mid_response_closes_the_fd(site, monkeypatch):
+    producers = []
+    real = web.FileProducer
+
+    class Recording(real):
+        def __init__(self, *a, **kw):
+            real.__init__(self, *a, **kw)
+            producers.append(self)
+
+    monkeypatch.setattr(web, "FileProducer", Recording)
+    big = site["root"] / "huge.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 * 1024 * 1024)  # sparse: cheap to make and to read
+    await raw(site["ours"], b"/a.txt")  # the root's fd, opened once
+    del producers[:]
+    before = open_fds()
+    proto = await connect(site["ours"], _Collect(
+        b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n", abort_after=500000))
+    await proto.done
+    assert producers
+    try:
+        await wait_until(reactor(), lambda: producers[0]._fd is None)
+    except AssertionError:
+        p = producers[0]
+        raise AssertionError((p._stopped, p._paused, p._reading, p.bytes_read, p.done))
+    assert producers[0]._stopped
+    assert producers[0].bytes_read < 256 * 1024 * 1024
+    try:
+        await wait_until(reactor(), lambda: open_fds() <= before)
+    except AssertionError:
+        raise AssertionError([os.readlink("/proc/self/fd/%d" % fd)
+                              for fd in open_fds() - before])
+
+
+@ensure
+async def test_a_client_that_does_not_read_pauses_the_producer(site, monkeypatch):
+    producers = []
+    real = web.FileProducer
+
+    class Recording(real):
+        def __init__(self, *a, **kw):
+            real.__init__(self, *a, **kw)
+            producers.append(self)
+
+    monkeypatch.setattr(web, "FileProducer", Recording)
+    big = site["root"] / "huge.bin"
+    with open(big, "wb") as f:
+        f.truncate(256 * 1024 * 1024)
+    proto = await connect(site["ours"], _Collect(
+        b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n", read=False))
+    await wait_until(reactor(), lambda: producers and producers[0]._paused is not None)
+    # The kernel's socket buffers fill (the transport resumes it meanwhile), then the
+    # producer stays paused: what it read stops growing.
+    samples = []
+
+    def stable():
+        samples.append(producers[0].bytes_read)
+        return len(samples) > 20 and samples[-1] == samples[-20]
+
+    await wait_until(reactor(), stable, timeout=10)
+    assert producers[0]._paused is not None
+    assert producers[0].bytes_read < 64 * 1024 * 1024  # bounded: not the file
+    proto.transport.abortConnection()
+    await proto.done
+    await wait_until(reactor(), lambda: producers[0]._fd is None)
+
+
+@ensure
+async def test_keep_alive_requests_in_a_row(site):
+    req = b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % (n,)
+                   for n in (b"a.txt", b"page.html", b"missing", b"big.bin"))
+    req += b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    proto = await connect(site["ours"], _Collect(req))
+    data = await proto.done
+    assert data.count(b"HTTP/1.1 200") == 4 and data.count(b"HTTP/1.1 404") == 1
+    assert site["big"] in data
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError):
+        web.Directory(3)
+    with pytest.raises(ValueError):
+        web.Directory("/tmp\0x")
+    with pytest.raises(ValueError):
+        web.Directory("/tmp", chunk_size=0)

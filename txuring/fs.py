@@ -1,0 +1,1324 @@
+"""
+Deferred file operations for any Twisted reactor: C{read_file}, C{write_file},
+C{stat}, C{open} -> L{File}, ... as Python users name them, each returning a Deferred.
+
+Why this module exists: Twisted services read files with blocking calls in the reactor
+thread (one slow disk stalls every connection) or with C{deferToThread} (a thread
+hand-off, two context switches and a lock per call, and a pool of 10 threads at most).
+io_uring does file work in the kernel: page-cache hits complete inline, the rest runs
+on the kernel's io-wq workers, and the reactor only sees completions.
+
+Where the work happens (decided once per reactor, on first use, in its thread):
+
+  - On L{txuring.reactor.UringReactor}: C{reactor.ring}, the reactor's own ring.
+  - On any other reactor (epoll, poll, select, asyncio): a private L{Ring} attached with
+    L{txuring.attach.RingDriver} (its eventfd watched with C{addReader}). It is made
+    C{start_disabled}, so the thread that runs the reactor becomes its single issuer.
+    Before the reactor shuts down it is drained (every op cancelled and answered), then
+    detached and closed.
+  - Where io_uring cannot be used (the kernel lacks it, C{kernel.io_uring_disabled},
+    a seccomp profile), or when the environment variable C{TXURING_FS_THREADS=1} asks
+    for it, the same API runs each system call on the reactor's thread pool, and one
+    log line says so and why. An op the kernel's io_uring lacks (C{mkdirat} before
+    5.15, C{ftruncate} before 6.9) goes to the thread pool alone, logged once per op.
+  - Two operations have no io_uring op at all, so they always use the thread pool:
+    C{listdir} (there is no getdents op: patches for IORING_OP_GETDENTS were posted in
+    2021 and 2023 and never merged, up to 6.18) and C{readlink} (no readlinkat op).
+
+Threads: every call must be made in the reactor's thread (or before the reactor runs).
+A Ring is single-issuer and not thread-safe, and Deferreds are not either; rather than
+marshal silently (which would hide a Deferred firing in another thread), a call from
+another thread raises L{WrongThread} saying to use C{blockingCallFromThread}.
+
+Cancellation: cancelling any Deferred here cancels the kernel op it waits on; the
+Deferred's errbacks run only after the kernel let go of the op's buffers (see
+L{txuring.handle}), and the coroutine behind it closes what it opened (fds, pipes) and
+removes what it made (the temporary file of an atomic write) before the Deferred fails
+with C{CancelledError}. On the thread pool a running call cannot be interrupted: the
+cancel takes effect when it returns, and an fd it opened is closed.
+
+io-wq: the kernel starts a worker thread per blocked file op (statx, open, unlink,
+mkdir and rename always run there; reads that miss the page cache too), up to
+RLIMIT_NPROC by default. The first use caps this ring's workers with
+C{IORING_REGISTER_IOWQ_MAX_WORKERS} (5.15): C{DEFAULT_MAX_WORKERS}, or what
+C{TXURING_FS_MAX_WORKERS="bounded,unbounded"} or L{FileSystem}'s C{max_workers} say.
+Since 5.15 the limit is kept in the ring and applies to every task that submits to it.
+"""
+
+import ctypes
+import errno
+import io
+import os
+import secrets
+import shutil
+import stat as _stat
+import threading
+import warnings
+import weakref
+
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python import log, threadable
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+
+from txuring import errors
+from txuring.opcode import OPCODES
+from txuring.types import StatxResult
+
+__all__ = [
+    "FileSystem", "File", "WrongThread", "filesystem", "read_file", "write_file",
+    "append_file", "stat", "lstat", "exists", "unlink", "rmdir", "mkdir", "rename", "link",
+    "symlink", "readlink", "truncate", "copy_file", "listdir", "open",
+]
+
+#: Environment variable: "1" runs every file operation on the thread pool.
+THREADS_ENV = "TXURING_FS_THREADS"
+#: Environment variable: "bounded,unbounded" io-wq worker caps ("0,0" leaves them).
+WORKERS_ENV = "TXURING_FS_MAX_WORKERS"
+#: Default io-wq caps: enough to keep a disk queue busy, few enough for a small box.
+DEFAULT_MAX_WORKERS = (min(64, max(4, 4 * (os.cpu_count() or 1))),) * 2
+
+#: Bytes per read or write op when a loop moves a large amount (one op moves at most
+#: MAX_RW_COUNT, a little under 2 GiB, in the kernel anyway).
+CHUNK = 1 << 20
+#: The chunk size of C{async for chunk in file}.
+ITER_CHUNK = 64 * 1024
+_MAX_OP = 1 << 30
+_PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+_O_CLOEXEC = os.O_CLOEXEC
+
+
+class WrongThread(RuntimeError):
+    """A txuring.fs call was made outside the reactor's thread."""
+
+
+# ---- arguments ----
+
+
+def _path(path, what="path"):
+    """
+    The str or bytes path of C{path} (str, bytes, os.PathLike or Twisted's FilePath);
+    TypeError for anything else, ValueError for a NUL byte (as C{os} functions do).
+    """
+    if isinstance(path, FilePath):
+        path = path.path
+    elif not isinstance(path, (str, bytes)):
+        if not hasattr(type(path), "__fspath__"):
+            raise TypeError("%s should be str, bytes, os.PathLike or FilePath, not %s"
+                            % (what, type(path).__name__))
+        path = os.fspath(path)
+    if (b"\0" if isinstance(path, bytes) else "\0") in path:
+        raise ValueError("%s contains a NUL byte: %r" % (what, path))
+    return path
+
+
+def _size(value, what):
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise ValueError("%s must be an int from 0 to 2**63-1, not %r" % (what, value))
+    return value
+
+
+def _offset(value):
+    return None if value is None else _size(value, "offset")
+
+
+def _enoent(path):
+    return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+_MODES = {
+    # Python's mode letter -> (flags, readable, writable)
+    "r": (os.O_RDONLY, True, False),
+    "w": (os.O_WRONLY | os.O_CREAT | os.O_TRUNC, False, True),
+    "a": (os.O_WRONLY | os.O_CREAT | os.O_APPEND, False, True),
+    "x": (os.O_WRONLY | os.O_CREAT | os.O_EXCL, False, True),
+}
+
+
+def parse_mode(mode):
+    """
+    open(2) flags, readable, writable and append for one of Python's binary mode strings
+    (C{r w a x}, optionally C{+} and C{b}). Text mode is refused: L{File} moves bytes.
+    """
+    if not isinstance(mode, str):
+        raise TypeError("mode must be a str such as 'rb', not %s" % (type(mode).__name__,))
+    letters = set(mode)
+    if len(letters) != len(mode) or not letters <= set("rwaxb+t") or \
+            len(letters & set("rwax")) != 1:
+        raise ValueError("invalid mode: %r (one of r, w, a, x; optionally + and b)" % (mode,))
+    if "t" in letters:
+        raise ValueError("txuring.fs.File is binary only (reads give bytes): use %r"
+                         % (mode.replace("t", "b") if "b" not in mode else mode,))
+    flags, readable, writable = _MODES[(letters & set("rwax")).pop()]
+    if "+" in letters:
+        flags = (flags & ~(os.O_RDONLY | os.O_WRONLY)) | os.O_RDWR
+        readable = writable = True
+    return flags, readable, writable, bool(flags & os.O_APPEND)
+
+
+def _in_reactor_thread():
+    return threadable.ioThread is None or threadable.isInIOThread()
+
+
+def _stat_of(st):
+    """An os.stat_result as the StatxResult the ring gives, so both backends agree."""
+    return StatxResult(
+        st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+        st.st_atime, st.st_mtime, st.st_ctime, st.st_atime_ns, st.st_mtime_ns,
+        st.st_ctime_ns, st.st_blocks, st.st_blksize, st.st_rdev, None, None, 0x7FF, 0)
+
+
+# ---- the two backends: the same primitive ops, each a Deferred ----
+
+
+class ThreadOps:
+    """
+    Each primitive op as one blocking call on the reactor's thread pool.
+
+    Cancelling waits for the call to return (a thread cannot be interrupted): the
+    Deferred fails with CancelledError then, and an fd the call opened is closed.
+
+    @ivar kind: C{"threads"}, for logs and tests.
+    """
+
+    kind = "threads"
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def call(self, f, *args, release=None):
+        d = Deferred(_cancel_paused)
+
+        def done(ok, result):
+            if d.called:  # cancelled: nobody will take the result
+                if ok and release is not None:
+                    try:
+                        release(result)
+                    except Exception:
+                        log.err(None, "releasing the result of a cancelled %r" % (f,))
+                d.unpause()
+            elif ok:
+                d.callback(result)
+            else:
+                d.errback(result)
+
+        self.reactor.getThreadPool().callInThreadWithCallback(
+            lambda ok, result: self.reactor.callFromThread(done, ok, result), f, *args)
+        return d
+
+    def open(self, path, flags, mode=0o666, resolve=0, dir_fd=None):
+        return self.call(_blocking_open, path, flags, mode, resolve, dir_fd,
+                         release=os.close)
+
+    def close(self, fd):
+        return self.call(os.close, fd)
+
+    def read(self, fd, buf, offset):
+        return self.call(_blocking_read, fd, buf, offset)
+
+    def write(self, fd, data, offset):
+        return self.call(_blocking_write, fd, data, offset)
+
+    def stat(self, path, follow_symlinks=True, dir_fd=None):
+        return self.call(_blocking_stat, path, follow_symlinks, dir_fd)
+
+    def fstat(self, fd):
+        return self.call(_blocking_fstat, fd)
+
+    def fsync(self, fd, datasync=False):
+        return self.call(os.fdatasync if datasync else os.fsync, fd)
+
+    def fallocate(self, fd, offset, length):
+        return self.call(os.posix_fallocate, fd, offset, length)
+
+    def ftruncate(self, fd, length):
+        return self.call(os.ftruncate, fd, length)
+
+    def unlink(self, path):
+        return self.call(os.unlink, path)
+
+    def rmdir(self, path):
+        return self.call(os.rmdir, path)
+
+    def mkdir(self, path, mode):
+        return self.call(os.mkdir, path, mode)
+
+    def rename(self, src, dst):
+        return self.call(os.rename, src, dst)
+
+    def link(self, src, dst):
+        return self.call(os.link, src, dst)
+
+    def symlink(self, src, dst):
+        return self.call(os.symlink, src, dst)
+
+    def splice(self, fd_in, fd_out, nbytes, offset_in, offset_out):
+        return self.call(os.splice, fd_in, fd_out, nbytes, offset_in, offset_out)
+
+    def readlink(self, path):
+        return self.call(os.readlink, path)
+
+    def listdir(self, path):
+        return self.call(os.listdir, path)
+
+    def apply_max_workers(self, limits):
+        pass
+
+
+def _cancel_paused(d):
+    """
+    Canceller of a Deferred whose op cannot be abandoned at once: it fails with
+    CancelledError but stays paused until the op has ended (then unpaused).
+    """
+    d.pause()
+    d.errback(Failure(CancelledError("cancelled")))
+
+
+def _blocking_open(path, flags, mode, resolve, dir_fd):
+    if resolve:
+        return _openat2_syscall(path, flags, mode, resolve, dir_fd)
+    return os.open(path, flags | _O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def _blocking_read(fd, buf, offset):
+    return os.readv(fd, [buf]) if offset is None else os.preadv(fd, [buf], offset)
+
+
+def _blocking_write(fd, data, offset):
+    return os.write(fd, data) if offset is None else os.pwrite(fd, data, offset)
+
+
+def _blocking_stat(path, follow_symlinks, dir_fd):
+    return _stat_of(os.stat(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks))
+
+
+def _blocking_fstat(fd):
+    return _stat_of(os.fstat(fd))
+
+
+_libc = None
+_SYS_openat2 = 437  # the same number on every architecture (5.6)
+
+
+def _openat2_syscall(path, flags, mode, resolve, dir_fd):
+    """openat2(2) from a thread (the fallback for RESOLVE_* opens), through libc."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    how = (ctypes.c_uint64 * 3)(flags | _O_CLOEXEC, mode if flags & os.O_CREAT else 0,
+                                resolve)
+    fd = _libc.syscall(ctypes.c_long(_SYS_openat2),
+                       ctypes.c_int(-100 if dir_fd is None else dir_fd),
+                       ctypes.c_char_p(os.fsencode(path)), ctypes.byref(how),
+                       ctypes.c_size_t(24))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+class RingOps:
+    """
+    Each primitive op as one io_uring op on C{ring}; ops the kernel lacks go to
+    C{threads} (logged once each).
+
+    @ivar ring: the L{Ring} (the reactor's, or a private one driven by a RingDriver).
+    @ivar driver: the L{RingDriver} of a private ring, else None.
+    """
+
+    kind = "io_uring"
+
+    def __init__(self, ring, threads, driver=None):
+        self.ring = ring
+        self.threads = threads
+        self.driver = driver
+        self._logged = set()
+        self._result = ring.syscall_result
+
+    def _has(self, op):
+        if self.ring.op_supported(op):
+            return True
+        if op not in self._logged:
+            self._logged.add(op)
+            log.msg("txuring.fs: this kernel's io_uring has no %s op (it needs Linux %s); "
+                    "that operation runs on the thread pool" % (op, OPCODES[op].since))
+        return False
+
+    def open(self, path, flags, mode=0o666, resolve=0, dir_fd=None):
+        if not self._has("openat2"):
+            return self.threads.open(path, flags, mode, resolve, dir_fd)
+        return self._result(self.ring.openat2(path, flags, mode, resolve=resolve,
+                                              dir_fd=dir_fd))
+
+    def close(self, fd):
+        if not self._has("close"):
+            return self.threads.close(fd)
+        return self._result(self.ring.close(fd))
+
+    def read(self, fd, buf, offset):
+        return self._result(self.ring.read(fd, buf, -1 if offset is None else offset))
+
+    def write(self, fd, data, offset):
+        return self._result(self.ring.write(fd, data, -1 if offset is None else offset))
+
+    def stat(self, path, follow_symlinks=True, dir_fd=None):
+        if not self._has("statx"):
+            return self.threads.stat(path, follow_symlinks, dir_fd)
+        return self._result(self.ring.statx(path, follow_symlinks=follow_symlinks,
+                                            dir_fd=dir_fd))
+
+    def fstat(self, fd):
+        if not self._has("statx"):
+            return self.threads.fstat(fd)
+        return self._result(self.ring.fstat(fd))
+
+    def fsync(self, fd, datasync=False):
+        return self._result(self.ring.fsync(fd, datasync=datasync))
+
+    def fallocate(self, fd, offset, length):
+        if not self._has("fallocate"):
+            return self.threads.fallocate(fd, offset, length)
+        return self._result(self.ring.fallocate(fd, offset, length))
+
+    def ftruncate(self, fd, length):
+        if not self._has("ftruncate"):
+            return self.threads.ftruncate(fd, length)
+        return self._result(self.ring.ftruncate(fd, length))
+
+    def unlink(self, path):
+        if not self._has("unlinkat"):
+            return self.threads.unlink(path)
+        return self._result(self.ring.unlink(path))
+
+    def rmdir(self, path):
+        if not self._has("unlinkat"):
+            return self.threads.rmdir(path)
+        return self._result(self.ring.rmdir(path))
+
+    def mkdir(self, path, mode):
+        if not self._has("mkdirat"):
+            return self.threads.mkdir(path, mode)
+        return self._result(self.ring.mkdirat(path, mode))
+
+    def rename(self, src, dst):
+        if not self._has("renameat"):
+            return self.threads.rename(src, dst)
+        return self._result(self.ring.renameat(src, dst))
+
+    def link(self, src, dst):
+        if not self._has("linkat"):
+            return self.threads.link(src, dst)
+        return self._result(self.ring.linkat(src, dst))
+
+    def symlink(self, src, dst):
+        if not self._has("symlinkat"):
+            return self.threads.symlink(src, dst)
+        return self._result(self.ring.symlinkat(src, dst))
+
+    def splice(self, fd_in, fd_out, nbytes, offset_in, offset_out):
+        if not self._has("splice"):
+            return self.threads.splice(fd_in, fd_out, nbytes, offset_in, offset_out)
+        return self._result(self.ring.splice(fd_in, fd_out, nbytes, offset_in=offset_in,
+                                             offset_out=offset_out))
+
+    def readlink(self, path):
+        return self.threads.readlink(path)  # no io_uring op
+
+    def listdir(self, path):
+        return self.threads.listdir(path)  # no getdents op
+
+    def apply_max_workers(self, limits):
+        """Cap this ring's io-wq workers (5.15); older kernels keep their default."""
+        try:
+            self.ring.set_iowq_max_workers(*limits)
+        except OSError as e:
+            log.msg("txuring.fs: io-wq worker caps not set (%s); the kernel's default "
+                    "applies" % (e,))
+
+
+# ---- the file system of one reactor ----
+
+
+def _run(coro):
+    return Deferred.fromCoroutine(coro)
+
+
+class FileSystem:
+    """
+    The file operations, bound to one reactor. L{filesystem} gives the global
+    reactor's; the module-level functions (C{txuring.fs.read_file}, ...) use it.
+
+    @ivar reactor: the reactor the Deferreds fire in.
+    @ivar backend: None until first use, then the L{RingOps} or L{ThreadOps} in use.
+    @ivar reason: why the thread pool is used (None when io_uring is).
+    """
+
+    def __init__(self, reactor=None, *, threads=None, max_workers=None, queue_depth=128):
+        """
+        @param threads: True to use the thread pool, False to refuse it (raise where
+            io_uring is unusable), None (default): C{TXURING_FS_THREADS}, else io_uring
+            where possible.
+        @param max_workers: C{(bounded, unbounded)} io-wq caps; default
+            C{TXURING_FS_MAX_WORKERS} or L{DEFAULT_MAX_WORKERS}; C{(0, 0)} leaves the
+            kernel's limits.
+        @param queue_depth: SQ size of a private ring (on a reactor other than uring).
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self._threads = threads
+        self._max_workers = _worker_limits(max_workers)
+        self._queue_depth = queue_depth
+        self.backend = None
+        self.reason = None
+        self._private_ring = None
+
+    # -- choosing the backend --
+
+    def _ops(self):
+        if not _in_reactor_thread():
+            raise WrongThread(
+                "txuring.fs calls must be made in the reactor's thread (io_uring rings and "
+                "Deferreds are not thread-safe): from another thread use "
+                "twisted.internet.threads.blockingCallFromThread(reactor, fs.read_file, "
+                "path), or reactor.callFromThread")
+        if self.backend is None:
+            self.backend = self._choose()
+        return self.backend
+
+    def _choose(self):
+        threads = ThreadOps(self.reactor)
+        wanted = self._threads
+        if wanted is None:
+            wanted = os.environ.get(THREADS_ENV, "") not in ("", "0")
+            if wanted:
+                return self._use_threads(threads, "%s=%s is set" % (
+                    THREADS_ENV, os.environ[THREADS_ENV]))
+        elif wanted:
+            return self._use_threads(threads, "FileSystem(threads=True) was asked for")
+        ring = getattr(self.reactor, "ring", None)
+        from txuring.ring import Ring
+        driver = None
+        if not isinstance(ring, Ring) or ring.closed:
+            try:
+                ring = Ring(self._queue_depth, start_disabled=True)
+            except (errors.UringUnavailable, OSError) as e:
+                if self._threads is False:
+                    raise
+                return self._use_threads(threads, "io_uring is unavailable: %s" % (
+                    e.strerror or e,))
+            from txuring.attach import RingDriver
+            driver = RingDriver(ring, self.reactor)
+            self._private_ring = ring
+            self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+        ops = RingOps(ring, threads, driver)
+        if any(self._max_workers):
+            ops.apply_max_workers(self._max_workers)
+        return ops
+
+    def _use_threads(self, threads, why):
+        self.reason = why
+        log.msg("txuring.fs: file operations run on the reactor's thread pool, not "
+                "io_uring: %s" % (why,))
+        return threads
+
+    @defer.inlineCallbacks
+    def _shutdown(self):
+        """Before the reactor stops: let the private ring's ops end, then close it."""
+        backend, ring = self.backend, self._private_ring
+        if ring is None or ring.closed:
+            return
+        if ring.active_ops:
+            yield ring.drain()
+        backend.driver.detach()
+        ring.exit()
+        self.backend = None
+        self._private_ring = None
+
+    def ops(self):
+        """
+        The primitive ops in use (L{RingOps} or L{ThreadOps}), chosen at the first
+        call: each returns a Deferred and cancels as the functions here do. For code
+        building on this module (L{txuring.web}).
+        """
+        return self._ops()
+
+    @property
+    def kind(self):
+        """C{"io_uring"} or C{"threads"}: the backend (chosen now if not yet)."""
+        return self._ops().kind
+
+    # -- whole-file functions --
+
+    def read_file(self, path):
+        """The contents of the file at C{path}: Deferred[bytes]."""
+        path = _path(path)
+        return _run(self._read_file(self._ops(), path))
+
+    async def _read_file(self, ops, path):
+        fd = await self._open_file(ops, path, os.O_RDONLY)
+        try:
+            size = (await ops.fstat(fd)).st_size
+            return await _read_all(ops, fd, 0, size)
+        finally:
+            await _close(ops, fd)
+
+    async def _open_file(self, ops, path, flags, mode=0o666):
+        """open(2), refusing directories as Python's open() does (IsADirectoryError)."""
+        fd = await ops.open(path, flags, mode)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            return fd  # the kernel said EISDIR already
+        try:
+            st = await ops.fstat(fd)
+        except BaseException:
+            await _close(ops, fd)
+            raise
+        if _stat.S_ISDIR(st.st_mode):
+            await _close(ops, fd)
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        return fd
+
+    def write_file(self, path, data, *, atomic=False):
+        """
+        Write C{data} (bytes-like) to C{path}, replacing it: Deferred[int] of the bytes
+        written. With C{atomic}: a temporary file in the same directory is written,
+        fsync'd, given the target's permission bits, renamed over C{path}, and the
+        directory fsync'd; on any failure or cancel before the rename the temporary file
+        is removed and C{path} is untouched.
+        """
+        path = _path(path)
+        data = _bytes_like(data)
+        ops = self._ops()
+        if atomic:
+            return _run(self._write_atomic(ops, path, data))
+        return _run(self._write(ops, path, data, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+
+    def append_file(self, path, data):
+        """Append C{data} to C{path} (created if missing): Deferred[int]."""
+        path = _path(path)
+        data = _bytes_like(data)
+        return _run(self._write(self._ops(), path, data,
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+
+    async def _write(self, ops, path, data, flags):
+        fd = await ops.open(path, flags, 0o666)
+        try:
+            return await _write_all(ops, fd, data, None if flags & os.O_APPEND else 0)
+        finally:
+            await _close(ops, fd)
+
+    async def _write_atomic(self, ops, path, data):
+        directory, base = os.path.split(path)
+        sep = b"." if isinstance(path, bytes) else "."
+        token = secrets.token_hex(6)
+        tmp = os.path.join(directory, sep + base + sep + (
+            token.encode() if isinstance(path, bytes) else token) + sep + (
+            b"tmp" if isinstance(path, bytes) else "tmp"))
+        try:
+            mode = _stat.S_IMODE((await ops.stat(path)).st_mode)
+        except FileNotFoundError:
+            mode = None
+        try:
+            fd = await ops.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            raise  # not ours (a 48-bit random name: in practice never)
+        except BaseException:
+            # A cancelled open may have created the file before the cancel arrived
+            # (the ring closes the fd nobody received; the name stays).
+            await _remove_quietly(ops, tmp)
+            raise
+        renamed = False
+        try:
+            try:
+                if mode is not None:
+                    os.fchmod(fd, mode)  # inode metadata in memory: does not block
+                n = await _write_all(ops, fd, data, 0)
+                await ops.fsync(fd)
+            finally:
+                await _close(ops, fd)
+            await ops.rename(tmp, path)
+            renamed = True
+        finally:
+            if not renamed:
+                await _remove_quietly(ops, tmp)
+        dfd = await ops.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await ops.fsync(dfd)
+        finally:
+            await _close(ops, dfd)
+        return n
+
+    def copy_file(self, src, dst, *, follow_symlinks=True):
+        """
+        Copy the contents of C{src} to C{dst} as C{shutil.copyfile} does (contents only:
+        C{dst} gets a new file's permissions, or keeps its own): Deferred of C{dst} as
+        given.
+        The data moves file -> pipe -> file with splice ops where the filesystem allows
+        it, else in 1 MiB reads and writes; never the whole file in memory.
+        Raises C{shutil.SameFileError} and C{shutil.SpecialFileError} as shutil does.
+        """
+        given = dst
+        src, dst = _path(src, "src"), _path(dst, "dst")
+        d = _run(self._copy_file(self._ops(), src, dst, follow_symlinks))
+        return d.addCallback(lambda _: given)
+
+    async def _copy_file(self, ops, src, dst, follow_symlinks):
+        if not follow_symlinks and (await _lstat_or_none(ops, src) or
+                                    _NOSTAT).is_symlink():
+            await ops.symlink(await ops.readlink(src), dst)
+            return dst
+        sst = await ops.stat(src)
+        dst_st = await _stat_or_none(ops, dst)
+        if dst_st is not None and (sst.st_dev, sst.st_ino) == (dst_st.st_dev,
+                                                                 dst_st.st_ino):
+            raise shutil.SameFileError("%r and %r are the same file" % (src, dst))
+        for st, name in ((sst, src), (dst_st, dst)):
+            if st is not None and _stat.S_ISFIFO(st.st_mode):
+                raise shutil.SpecialFileError("`%s` is a named pipe" % (name,))
+        fin = await self._open_file(ops, src, os.O_RDONLY)
+        try:
+            fout = await ops.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                if not await _copy_spliced(ops, fin, fout):
+                    await _copy_chunked(ops, fin, fout)
+            finally:
+                await _close(ops, fout)
+        finally:
+            await _close(ops, fin)
+        return dst
+
+    # -- metadata and names --
+
+    def stat(self, path):
+        """stat(2), following symlinks: Deferred[StatxResult] (os.stat_result's fields)."""
+        return self._stat(path, True)
+
+    def lstat(self, path):
+        """lstat(2): a symlink's own metadata."""
+        return self._stat(path, False)
+
+    def _stat(self, path, follow):
+        path = _path(path)
+        if path in ("", b""):
+            return defer.fail(_enoent(path))  # statx would stat the cwd (AT_EMPTY_PATH)
+        return self._ops().stat(path, follow)
+
+    def exists(self, path):
+        """Deferred[bool]: whether C{path} exists, as C{os.path.exists} (False on errors)."""
+        try:
+            path = _path(path)
+        except ValueError:
+            return defer.succeed(False)
+        if path in ("", b""):
+            return defer.succeed(False)
+        d = self._ops().stat(path, True)
+        return d.addCallbacks(lambda st: True, _false_on_oserror)
+
+    def unlink(self, path):
+        """unlink(2)."""
+        path = _path(path)
+        return self._ops().unlink(path).addCallback(_none)
+
+    def rmdir(self, path):
+        """rmdir(2)."""
+        path = _path(path)
+        return self._ops().rmdir(path).addCallback(_none)
+
+    def mkdir(self, path, mode=0o777, *, parents=False, exist_ok=False):
+        """mkdir(2), with C{pathlib.Path.mkdir}'s C{parents} and C{exist_ok}."""
+        path = _path(path)
+        _size(mode, "mode")
+        return _run(self._mkdir(self._ops(), path, mode, parents, exist_ok))
+
+    async def _mkdir(self, ops, path, mode, parents, exist_ok):
+        try:
+            await ops.mkdir(path, mode)
+        except FileNotFoundError:
+            parent = os.path.dirname(os.path.normpath(path))
+            if not parents or parent == path or not parent:
+                raise
+            await self._mkdir(ops, parent, mode, True, True)
+            await self._mkdir(ops, path, mode, False, exist_ok)
+        except OSError:
+            # As pathlib: EEXIST (or anything else) is fine if a directory is there.
+            st = await _stat_or_none(ops, path)
+            if not exist_ok or st is None or not st.is_dir():
+                raise
+
+    def rename(self, src, dst):
+        """rename(2): C{src} to C{dst}, replacing it."""
+        src, dst = _path(src, "src"), _path(dst, "dst")
+        return self._ops().rename(src, dst).addCallback(_none)
+
+    def link(self, src, dst):
+        """link(2): a hard link C{dst} to the file C{src} (os.link's order)."""
+        src, dst = _path(src, "src"), _path(dst, "dst")
+        return self._ops().link(src, dst).addCallback(_none)
+
+    def symlink(self, src, dst):
+        """symlink(2): a link C{dst} pointing to C{src} (os.symlink's order)."""
+        src, dst = _path(src, "src"), _path(dst, "dst")
+        return self._ops().symlink(src, dst).addCallback(_none)
+
+    def readlink(self, path):
+        """readlink(2), on the thread pool (io_uring has no readlinkat op)."""
+        path = _path(path)
+        return self._ops().readlink(path)
+
+    def truncate(self, path, size):
+        """truncate(2): C{path} made C{size} bytes long."""
+        path = _path(path)
+        _size(size, "size")
+        ops = self._ops()
+        if isinstance(ops, RingOps) and not ops.ring.op_supported("ftruncate"):
+            return ops.threads.call(os.truncate, path, size)
+        return _run(self._truncate(ops, path, size))
+
+    async def _truncate(self, ops, path, size):
+        fd = await ops.open(path, os.O_WRONLY)
+        try:
+            await ops.ftruncate(fd, size)
+        finally:
+            await _close(ops, fd)
+
+    def listdir(self, path="."):
+        """
+        os.listdir(C{path}): Deferred[list] of names, str or bytes as C{path} is.
+        Runs on the thread pool: io_uring has no getdents op (see the module docstring).
+        """
+        path = _path(path)
+        return self._ops().listdir(path)
+
+    # -- open files --
+
+    def open(self, path, mode="rb"):
+        """
+        Open C{path} with one of Python's binary mode strings (C{r w a x}, C{+}, C{b}):
+        a Deferred of a L{File}. It is also an async context manager::
+
+            async with fs.open(path, "rb") as f: ...      # or f = await fs.open(path)
+        """
+        path = _path(path)
+        flags, readable, writable, append = parse_mode(mode)
+        ops = self._ops()
+        return _OpenDeferred(self._open(ops, path, mode, flags, readable, writable, append))
+
+    async def _open(self, ops, path, mode, flags, readable, writable, append):
+        fd = await self._open_file(ops, path, flags, 0o666)
+        if append:
+            os.lseek(fd, 0, os.SEEK_END)  # as Python's 'a' mode: start at the end
+        return File(self, ops, fd, path, mode, readable, writable, append)
+
+
+_NOSTAT = StatxResult(*([0] * 20))
+
+
+async def _stat_or_none(ops, path):
+    try:
+        return await ops.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+async def _lstat_or_none(ops, path):
+    try:
+        return await ops.stat(path, False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _false_on_oserror(failure):
+    failure.trap(OSError)
+    return False
+
+
+def _none(result):
+    return None
+
+
+def _bytes_like(data):
+    if isinstance(data, str):
+        raise TypeError("data must be bytes-like, not str (encode it first)")
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError("data must be bytes-like (bytes, bytearray, memoryview), not %s"
+                        % (type(data).__name__,)) from None
+
+
+def _worker_limits(max_workers):
+    if max_workers is None:
+        env = os.environ.get(WORKERS_ENV)
+        if env:
+            try:
+                max_workers = tuple(int(x) for x in env.split(","))
+            except ValueError:
+                raise ValueError("%s must be 'bounded,unbounded' (two ints), not %r"
+                                 % (WORKERS_ENV, env)) from None
+        else:
+            max_workers = DEFAULT_MAX_WORKERS
+    try:
+        bounded, unbounded = max_workers
+    except (TypeError, ValueError):
+        raise ValueError("max_workers must be (bounded, unbounded), not %r"
+                         % (max_workers,)) from None
+    for v in (bounded, unbounded):
+        if not isinstance(v, int) or not 0 <= v <= 1 << 16:
+            raise ValueError("io-wq worker caps must be ints from 0 to 65536, not %r"
+                             % (max_workers,))
+    return bounded, unbounded
+
+
+async def _close(ops, fd):
+    """Close C{fd}; a cancel of the caller never leaves it open (the close goes on)."""
+    try:
+        await ops.close(fd)
+    except CancelledError:
+        pass
+    except OSError as e:
+        log.msg("txuring.fs: closing fd %d: %s" % (fd, e))
+
+
+async def _remove_quietly(ops, path):
+    try:
+        await ops.unlink(path)
+    except (OSError, CancelledError):
+        pass
+
+
+async def _read_all(ops, fd, offset, size_hint):
+    """
+    Read from C{offset} (None: the file position) to EOF; C{size_hint} (the size
+    fstat gave) sizes the first buffer, so a regular file takes one read, and a file
+    that lies about its size (/proc) still reads whole.
+    """
+    buf = bytearray(min(max(size_hint, 0), _MAX_OP) + 1)
+    got = 0
+    while True:
+        if got == len(buf):
+            buf.extend(bytes(min(max(len(buf), CHUNK), _MAX_OP)))
+        view = memoryview(buf)[got:]
+        try:
+            n = await ops.read(fd, view, None if offset is None else offset + got)
+        finally:
+            view.release()
+        if n == 0:
+            break
+        got += n
+    del buf[got:]
+    return bytes(buf)
+
+
+async def _read_upto(ops, fd, size, offset):
+    """Read up to C{size} bytes (fewer only at EOF), growing the buffer as data comes."""
+    buf = bytearray(min(size, CHUNK))
+    got = 0
+    while got < size:
+        if got == len(buf):
+            buf.extend(bytes(min(size - got, len(buf), _MAX_OP)))
+        view = memoryview(buf)[got:]
+        try:
+            n = await ops.read(fd, view, None if offset is None else offset + got)
+        finally:
+            view.release()
+        if n == 0:
+            break
+        got += n
+    del buf[got:]
+    return bytes(buf)
+
+
+async def _write_all(ops, fd, data, offset):
+    """Write all of C{data} (a memoryview of bytes), looping on short writes."""
+    total = len(data)
+    done = 0
+    while done < total:
+        part = data[done:done + _MAX_OP]
+        n = await ops.write(fd, part, None if offset is None else offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "write(2) returned %d with %d bytes left"
+                          % (n, total - done))
+        done += n
+    return total
+
+
+async def _copy_spliced(ops, fin, fout):
+    """
+    Copy through a pipe with splice (file -> pipe, pipe -> file): the kernel moves page
+    references, no copy through user space. Returns False (nothing written) where the
+    source cannot be spliced (EINVAL: its filesystem lacks splice_read).
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            import fcntl
+            fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass  # pipe-max-size lower than 1 MiB: the default 64 KiB pipe works too
+        offset = 0
+        while True:
+            try:
+                n = await ops.splice(fin, w, _PIPE_SIZE, offset, None)
+            except OSError as e:
+                if offset == 0 and e.errno in (errno.EINVAL, errno.ENOSYS):
+                    return False
+                raise
+            if n == 0:
+                return True
+            moved = 0
+            while moved < n:
+                k = await ops.splice(r, fout, n - moved, None, offset + moved)
+                if k <= 0:
+                    raise OSError(errno.EIO, "splice to the destination moved nothing")
+                moved += k
+            offset += n
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def _copy_chunked(ops, fin, fout):
+    buf = bytearray(CHUNK)
+    offset = 0
+    while True:
+        n = await ops.read(fin, buf, offset)
+        if n == 0:
+            return
+        await _write_all(ops, fout, memoryview(buf)[:n], offset)
+        offset += n
+
+
+class _OpenDeferred(Deferred):
+    """
+    The Deferred of L{FileSystem.open}; also an async context manager that closes the
+    L{File} on exit (C{async with fs.open(p) as f:}).
+    """
+
+    def __init__(self, coro):
+        inner = _run(coro)
+        Deferred.__init__(self, lambda d: _cancel_open(d, inner))
+        self._file = None
+
+        def deliver(result):
+            if not self.called:
+                self.callback(result)
+            else:  # cancelled meanwhile: the file nobody will get is closed
+                self.unpause()
+                if isinstance(result, File):
+                    result.close().addErrback(log.err, "closing a cancelled open")
+            return None
+
+        def failed(failure):
+            if not self.called:
+                self.errback(failure)
+            else:
+                self.unpause()
+            return None
+
+        inner.addCallbacks(deliver, failed)
+
+    async def __aenter__(self):
+        self._file = await self
+        return self._file
+
+    async def __aexit__(self, *exc):
+        await self._file.close()
+        return False
+
+
+def _cancel_open(d, inner):
+    d.pause()
+    d.errback(Failure(CancelledError("open cancelled")))
+    inner.cancel()
+
+
+class File:
+    """
+    An open file whose methods return Deferreds: C{read}, C{readinto} and C{write}
+    without C{offset} use and advance the file position (as Python's file objects do,
+    one such call at a time, in the order made); with C{offset} they run at once and
+    leave the position alone (as C{os.pread}/C{os.pwrite}).
+
+    Closing waits for the operations in flight on this File, then closes the fd. A
+    File collected while open is closed with a C{ResourceWarning}, as Python's are.
+
+    @ivar name: the path it was opened with.
+    @ivar mode: the mode string.
+    """
+
+    def __init__(self, filesystem, ops, fd, name, mode, readable, writable, append):
+        self._fs = filesystem
+        self._ops = ops
+        self._fd = fd
+        self.name = name
+        self.mode = mode
+        self._readable = readable
+        self._writable = writable
+        self._append = append
+        self._closing = None
+        self._inflight = set()
+        self._positional = defer.DeferredLock()
+
+    def __repr__(self):
+        return "<txuring.fs.File name=%r mode=%r%s>" % (
+            self.name, self.mode, " closed" if self.closed else "")
+
+    @property
+    def closed(self):
+        return self._closing is not None
+
+    def fileno(self):
+        self._check_open()
+        return self._fd
+
+    def readable(self):
+        return self._readable
+
+    def writable(self):
+        return self._writable
+
+    def _check_open(self):
+        if self._closing is not None:
+            raise ValueError("I/O operation on closed file")
+
+    def _check(self, readable=False, writable=False):
+        self._check_open()
+        if not _in_reactor_thread():
+            self._fs._ops()  # raises WrongThread
+        if readable and not self._readable:
+            raise io.UnsupportedOperation("File not open for reading")
+        if writable and not self._writable:
+            raise io.UnsupportedOperation("File not open for writing")
+
+    def _track(self, coro, positional=False):
+        """Run C{coro} (one op of this File); close() waits for it."""
+        if positional:
+            coro = self._in_order(coro)
+        d = coro if isinstance(coro, Deferred) else _run(coro)
+        self._inflight.add(d)
+        return d.addBoth(self._untrack, d)
+
+    async def _in_order(self, coro):
+        await self._positional.acquire()
+        try:
+            return await coro
+        finally:
+            self._positional.release()
+
+    def _untrack(self, result, d):
+        self._inflight.discard(d)
+        return result
+
+    def read(self, size=-1, offset=None):
+        """
+        Up to C{size} bytes (all to EOF with -1 or None); fewer only at EOF.
+        From the file position (advanced) or from C{offset}.
+        """
+        self._check(readable=True)
+        offset = _offset(offset)
+        if size is None or (isinstance(size, int) and size < 0):
+            return self._track(self._read_all(offset), offset is None)
+        _size(size, "size")
+        return self._track(_read_upto(self._ops, self._fd, size, offset), offset is None)
+
+    async def _read_all(self, offset):
+        st = await self._ops.fstat(self._fd)
+        hint = 0
+        if _stat.S_ISREG(st.st_mode):  # (a pipe's size means nothing; it cannot seek)
+            start = offset if offset is not None else os.lseek(self._fd, 0, os.SEEK_CUR)
+            hint = st.st_size - start
+        return await _read_all(self._ops, self._fd, offset, hint)
+
+    def readinto(self, buffer, offset=None):
+        """Fill the writable C{buffer}: Deferred[int] of bytes read (short only at EOF)."""
+        self._check(readable=True)
+        offset = _offset(offset)
+        try:
+            view = memoryview(buffer).cast("B")
+        except TypeError:
+            raise TypeError("readinto needs a writable buffer, not %s"
+                            % (type(buffer).__name__,)) from None
+        if view.readonly:
+            raise TypeError("readinto needs a writable buffer (bytearray, memoryview of "
+                            "one), not a read-only %s" % (type(buffer).__name__,))
+        return self._track(self._readinto(view, offset), offset is None)
+
+    async def _readinto(self, view, offset):
+        got = 0
+        while got < len(view):
+            n = await self._ops.read(self._fd, view[got:got + _MAX_OP],
+                                     None if offset is None else offset + got)
+            if n == 0:
+                break
+            got += n
+        return got
+
+    def write(self, data, offset=None):
+        """
+        Write all of C{data} (looping on short writes): Deferred[int] of its length.
+        At the file position (advanced), or at C{offset}; in append mode at the end.
+        """
+        self._check(writable=True)
+        offset = _offset(offset)
+        data = _bytes_like(data)
+        return self._track(_write_all(self._ops, self._fd, data, offset), offset is None)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        """Move the file position (after the positional ops already asked for)."""
+        self._check()
+        if not isinstance(offset, int) or whence not in (0, 1, 2, 3, 4):
+            raise ValueError("seek(offset: int, whence: SEEK_SET/CUR/END/DATA/HOLE)")
+        return self._track(self._lseek(offset, whence), True)
+
+    def tell(self):
+        """The file position, after the positional ops already asked for."""
+        return self.seek(0, os.SEEK_CUR)
+
+    async def _lseek(self, offset, whence):
+        return os.lseek(self._fd, offset, whence)  # moves a number: never blocks on disk
+
+    def stat(self):
+        """fstat(2): Deferred[StatxResult]."""
+        self._check()
+        return self._track(self._ops.fstat(self._fd))
+
+    def fsync(self):
+        """fsync(2)."""
+        self._check()
+        return self._track(self._none(self._ops.fsync(self._fd)))
+
+    def fdatasync(self):
+        """fdatasync(2)."""
+        self._check()
+        return self._track(self._none(self._ops.fsync(self._fd, True)))
+
+    def truncate(self, size):
+        """ftruncate(2) (the position does not move, as in Python)."""
+        self._check(writable=True)
+        _size(size, "size")
+        return self._track(self._none(self._ops.ftruncate(self._fd, size)))
+
+    def allocate(self, offset, length):
+        """fallocate(2) with mode 0: make C{offset}..C{offset+length} allocated."""
+        self._check(writable=True)
+        _size(offset, "offset")
+        _size(length, "length")
+        if length == 0:
+            raise ValueError("length must be > 0 (fallocate(2) refuses 0)")
+        return self._track(self._none(self._ops.fallocate(self._fd, offset, length)))
+
+    async def _none(self, d):
+        await d
+        return None
+
+    def close(self):
+        """
+        Close the file once the ops in flight on it have ended: Deferred[None].
+        Idempotent; after it every other method raises ValueError.
+        """
+        if self._closing is None:
+            self._closing = _run(self._close())
+        d = Deferred()
+        self._closing.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure)
+                                         else d.errback(r), r)[1])
+        return d
+
+    async def _close(self):
+        while self._inflight:
+            try:
+                await defer.DeferredList(list(self._inflight), consumeErrors=True)
+            except CancelledError:
+                pass
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            await self._ops.close(fd)
+
+    def __del__(self):
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0 and self._closing is None:
+            self._fd = -1
+            try:
+                warnings.warn("unclosed file %r" % (self,), ResourceWarning, source=self)
+            except Exception:
+                pass
+            try:
+                os.close(fd)  # no op of this File is in flight: they keep it alive
+            except OSError:
+                pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+        return False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        data = await self.read(ITER_CHUNK)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+    def chunks(self, size=ITER_CHUNK):
+        """An async iterator over C{size}-byte chunks from the file position to EOF."""
+        _size(size, "size")
+        if size == 0:
+            raise ValueError("size must be > 0")
+        return _Chunks(self, size)
+
+
+class _Chunks:
+    def __init__(self, f, size):
+        self._f = f
+        self._size = size
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        data = await self._f.read(self._size)
+        if not data:
+            raise StopAsyncIteration
+        return data
+
+
+# ---- module-level functions on the global reactor ----
+
+_filesystems = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def filesystem(reactor=None):
+    """The L{FileSystem} of C{reactor} (the global reactor by default), made once."""
+    if reactor is None:
+        from twisted.internet import reactor
+    with _lock:
+        fs = _filesystems.get(reactor)
+        if fs is None:
+            fs = _filesystems[reactor] = FileSystem(reactor)
+        return fs
+
+
+def _delegate(name):
+    method = getattr(FileSystem, name)
+
+    def call(*args, **kwargs):
+        return getattr(filesystem(), name)(*args, **kwargs)
+
+    call.__name__ = name
+    call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+for _name in ("read_file", "write_file", "append_file", "stat", "lstat", "exists",
+              "unlink", "rmdir", "mkdir", "rename", "link", "symlink", "readlink",
+              "truncate", "copy_file", "listdir", "open"):
+    globals()[_name] = _delegate(_name)
+del _name
