@@ -286,8 +286,16 @@ def run_fs(reactor, seed, start, progress, sample, emit):
                                             "foreign_handle": None, "done_handle": None,
                                             "dead_ring": None})]
     rng = random.Random(seed)
-    funcs = [(name, getattr(fs, name)) for name in getattr(fs, "__all__", dir(fs))
-             if not name.startswith("_") and inspect.isfunction(getattr(fs, name, None))]
+    # The module's functions delegate to the reactor's FileSystem (*args, **kwargs):
+    # its bound methods carry the signatures. Then a File's methods, and the public
+    # classes of txuring.web (only what these modules define: names they import are
+    # other people's API).
+    fsys = fs.filesystem(reactor)
+    funcs = [("FileSystem." + name, getattr(fsys, name)) for name in dir(fsys)
+             if not name.startswith("_") and inspect.ismethod(getattr(fsys, name))]
+    funcs += [(name, getattr(fs, name)) for name in getattr(fs, "__all__", dir(fs))
+              if not name.startswith("_") and inspect.isfunction(getattr(fs, name, None))
+              and getattr(fs, name).__module__ == fs.__name__ and name != "open"]
     try:
         import txuring.web as web
     except ImportError:
@@ -295,14 +303,19 @@ def run_fs(reactor, seed, start, progress, sample, emit):
     if web is not None:
         funcs += [("web." + name, getattr(web, name)) for name in getattr(
             web, "__all__", dir(web)) if not name.startswith("_") and
-            inspect.isclass(getattr(web, name, None))]
+            inspect.isclass(getattr(web, name, None)) and
+            getattr(web, name).__module__ == web.__name__]
+    with open("target", "wb") as f:
+        f.write(b"t" * 10000)
+    files = []  # Files opened for their methods' turn (in go(), in the reactor)
     calls = []
-    for name, fn in funcs:
+
+    def add_calls(name, fn):
         try:
             params = [(n, p) for n, p in inspect.signature(fn).parameters.items()
                       if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         except (TypeError, ValueError):
-            continue
+            return
         for i, (pname, p) in enumerate(params):
             chosen = ctx_values if sample is None else rng.sample(ctx_values, sample)
             for vtext, value in chosen:
@@ -311,12 +324,25 @@ def run_fs(reactor, seed, start, progress, sample, emit):
                     if j == i:
                         kwargs[n2] = value
                     elif p2.default is inspect.Parameter.empty:
-                        kwargs[n2] = {"data": b"x", "size": 1}.get(n2, "p")
+                        kwargs[n2] = {"data": b"x", "size": 1, "length": 1, "offset": 0,
+                                      "buffer": bytearray(4), "reactor": reactor}.get(
+                                          n2, "target" if "path" in n2 or n2 in (
+                                              "src", "dst") else "p")
                 calls.append(("fs.%s(%s=%s)" % (name, pname, vtext),
                               lambda fn=fn, kwargs=kwargs: fn(**kwargs)))
+
+    for name, fn in funcs:
+        add_calls(name, fn)
     bad = []
 
     async def go():
+        f = await fs.open("target", "r+b")
+        files.append(f)
+        for name in dir(f):
+            method = getattr(f, name)
+            if name.startswith("_") or not inspect.ismethod(method) or name == "close":
+                continue
+            add_calls("File." + name, method)
         for k, (text, fn) in enumerate(calls):
             if k < start:
                 continue

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from stresslib import FULL, HERE, REACTORS, report
+from stresslib import FULL, HERE, REACTORS, report, scale
 
 pytestmark = pytest.mark.stress
 
@@ -61,7 +61,7 @@ def run_batch(target, reactor, seed, tmp_path, everything=FULL):
             os.unlink(progress + ".json")
         try:
             done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                  text=True, timeout=600)
+                                  text=True, timeout=scale(100, 900))
             status, err = done.returncode, done.stderr
         except subprocess.TimeoutExpired as e:
             status, err = "timeout", (e.stderr or b"").decode(errors="replace")

@@ -277,6 +277,7 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
     for i in range(files):
         (root / ("f%03d" % i)).write_bytes(content(i, 0, 2000))
     server = servers(reactor, web_root=str(root))
+    http_get(server.port("web"), b"/files/f000")  # (the root's fd is opened once)
     base = server.fds()
     stop = threading.Event()
     mutations = [0]
@@ -327,6 +328,8 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
                     key = "200-short"
                 if not valid_read(i, body):
                     bad.append((i, body[:64]))
+            elif status is None and not body:
+                key = "closed"  # the file shrank before the first byte went out
             elif status != 404:
                 bad.append((i, status))
             outcomes[key] = outcomes.get(key, 0) + 1
@@ -337,7 +340,9 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
     report("web_race", reactor, requests=sum(outcomes.values()), outcomes=outcomes,
            bad=len(bad), mutations=mutations[0], fds_before=base, fds_after=after,
            files=server.info["files"])
+    listing = server.fd_listing()
     shutil.rmtree(root)
     assert not bad, bad[:3]
-    assert after == base
-    server.stop()
+    assert after == base, "server fds %d -> %d: %r" % (base, after, listing)
+    # (txuring.web logs a file that shrank under a response, and closes the connection)
+    server.stop(expected_errors=("the file shrank while being served",))
