@@ -175,7 +175,7 @@ def test_peer_that_never_reads(reactor, servers):
     by its transport (the write buffer is bounded), so production stops and RSS stays
     bounded while they sit there.
     """
-    peers, seconds = scale(8, 64), scale(2.0, 30.0)
+    peers, seconds = scale(8, 64), scale(2.0, 15.0)
     server = servers(reactor)
     base = server.fds()
     rss0 = server.sample()[1]

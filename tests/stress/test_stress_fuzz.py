@@ -4,7 +4,7 @@ cancels across rings, dropped buffers and handles, C{gc.collect()}, fork childre
 exits, threads, KeyboardInterrupts, checked against a model of the file), run long.
 
 Fast: 10 examples of 40 steps (the default suite runs test_model.py's 30 already).
-Full (C{TXURING_STRESS=full}): C{TXURING_STRESS_FUZZ_EXAMPLES} (default 600) examples of
+Full (C{TXURING_STRESS=full}): C{TXURING_STRESS_FUZZ_EXAMPLES} (default 300) examples of
 C{TXURING_STRESS_FUZZ_STEPS} (default 80) steps. Ring-level: no reactor involved, so it
 runs once, not per reactor.
 """
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.stress
 
 
 def test_ring_model_long():
-    examples = scale(10, int(os.environ.get("TXURING_STRESS_FUZZ_EXAMPLES", "600")))
+    examples = scale(10, int(os.environ.get("TXURING_STRESS_FUZZ_EXAMPLES", "300")))
     steps = scale(40, int(os.environ.get("TXURING_STRESS_FUZZ_STEPS", "80")))
     start = time.monotonic()
     run_state_machine_as_test(RingModel, settings=model_settings(examples, steps))

@@ -33,9 +33,11 @@ CLASSES = ["Ring", "Handle", "Region", "Chunk", "BufferRing", "RingDriver",
 
 #: (callable, argument) -> the finding. Matched against the runner's "bad" calls.
 KNOWN = {
-    ("Ring.poll_add", "callback"): "ring.py/opcode.py: a non-callable callback is "
-    "accepted at the call and fails with TypeError at each completion, logged from the "
-    "dispatch loop (check callable(callback) where the op is prepared)",
+    ("Ring.poll_add", "callback"): "opcode.py:562 (and :424 read_multishot, :665 "
+    "recv_multishot, :614 accept(multishot=True)): a non-callable callback is accepted "
+    "at the call and fails with TypeError at every completion, logged from "
+    "handle.py:155 _call_safely (check callable(callback) in Ring._new_handle, "
+    "ring.py:416)",
     ("Ring.read_multishot", "callback"): "same as poll_add",
     ("Ring.recv_multishot", "callback"): "same as poll_add",
     ("BufferRing", "ring"): "bufring.py:45 BufferRing.__init__ calls ring._check_usable() "
@@ -43,7 +45,7 @@ KNOWN = {
     ("RingDriver", "ring"): "attach.py:31 RingDriver.__init__: a non-Ring gives "
     "AttributeError 'register_eventfd'",
     ("RingDriver", "reactor"): "attach.py:31 RingDriver.__init__: reactor=None gives "
-    "AttributeError 'addReader' (after the eventfd was registered: check first)",
+    "AttributeError 'addReader', after the ring's eventfd was registered (check first)",
 }
 
 

@@ -82,7 +82,7 @@ def test_slowloris(reactor, servers):
     server keeps answering normal requests meanwhile, and each slow client gets its
     answer once its request is complete.
     """
-    slow, rounds = scale(50, 1000), scale(20, 60)
+    slow, rounds = scale(50, 1000), scale(20, 30)
     server = servers(reactor)
     base = server.fds()
     request = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 20 + b"\r\n\r\n"
@@ -94,7 +94,7 @@ def test_slowloris(reactor, servers):
             s.sendall(request[i:min(i + step, len(request) - 4)])
         status, _, body = http_get(server.port("web"), b"/hello")
         normal_ok += status == 200 and body == b"hello world\n" * 4
-        time.sleep(scale(0.02, 0.5))
+        time.sleep(scale(0.02, 0.2))
     for s in socks:
         s.sendall(request[-4:])
     answered = 0
@@ -180,7 +180,7 @@ def test_pipelined_garbage_as_on_epoll(reactor, servers):
     server = servers(reactor)
     control = servers("epoll")
     base = server.fds()
-    cases = corpus(random.Random(11), scale(20, 500))
+    cases = corpus(random.Random(11), scale(20, 300))
     different = []
     with ThreadPoolExecutor(16) as pool:
         for batch in range(0, len(cases), 16):
@@ -251,7 +251,7 @@ def test_files_changing_under_fs(reactor, tmp_path):
     pytest.importorskip("txuring.fs")
     from test_stress_faults import run_scenario
 
-    r = run_scenario("fs_race", reactor, files=20, seconds=scale(2.0, 60.0),
+    r = run_scenario("fs_race", reactor, files=20, seconds=scale(2.0, 20.0),
                      directory=str(tmp_path))
     report("fs_race", reactor, **r)
     assert r["finished"]
@@ -315,7 +315,7 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
     t = threading.Thread(target=mutate)
     t.start()
     outcomes, bad = {}, []
-    end = time.monotonic() + scale(3.0, 60.0)
+    end = time.monotonic() + scale(3.0, 20.0)
     rng = random.Random(3)
     try:
         while time.monotonic() < end:
