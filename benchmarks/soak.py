@@ -229,6 +229,9 @@ def main():
     parser.add_argument("--interval", type=float, default=5)
     parser.add_argument("--conns", type=int, default=32)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--keep", action="store_true",
+                        help="plot and summarise the other reactors' earlier runs in "
+                        "--out too (to run the reactors one at a time)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cc = os.environ.get("CC", "cc")
@@ -247,9 +250,24 @@ def main():
             rows, extra = run_one(reactor, args, loadgen, paths, site)
             results[reactor] = rows
             summary, line = verdict(reactor, rows, extra)
+            with open(os.path.join(args.out, "soak-%s.json" % (reactor,)), "w") as f:
+                json.dump(summary, f, indent=1)
             summaries.append(summary)
             lines.append(line)
             print(line, flush=True)
+        if args.keep:
+            # Earlier runs of the other reactors (run one at a time, plotted together).
+            for name in sorted(os.listdir(args.out)):
+                reactor = name[len("soak-"):-len(".csv")]
+                if not (name.startswith("soak-") and name.endswith(".csv")) or \
+                        reactor in results:
+                    continue
+                with open(os.path.join(args.out, name)) as f:
+                    results[reactor] = [{k: float(v) for k, v in row.items()}
+                                        for row in csv.DictReader(f)]
+                with open(os.path.join(args.out, "soak-%s.json" % (reactor,))) as f:
+                    summaries.append(json.load(f))
+                lines.append("(earlier run) %s: %s" % (reactor, summaries[-1]["verdict"]))
         png = plot(results, os.path.join(args.out, "soak.png"))
         with open(os.path.join(args.out, "soak.json"), "w") as f:
             json.dump({"minutes": args.minutes, "conns": args.conns,
