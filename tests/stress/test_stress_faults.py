@@ -26,7 +26,7 @@ import pytest
 import stresslib
 from stresslib import HERE, REACTORS, EchoLoad, Server, report, scale
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 MiB = 1 << 20
 RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a RST

@@ -18,7 +18,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from stresslib import report, scale
 from test_model import RingModel, model_settings
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 
 def test_ring_model_long():

@@ -26,7 +26,7 @@ import pytest
 
 from stresslib import FULL, HERE, REACTORS, report, scale
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 CLASSES = ["Ring", "Handle", "Region", "Chunk", "BufferRing", "RingDriver",
            "error_of_errno", "dead"]

@@ -17,7 +17,7 @@ import pytest
 import stresslib
 from stresslib import REACTORS, EchoLoad, Server, report, scale
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 MiB = 1 << 20
 

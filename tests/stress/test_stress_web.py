@@ -19,7 +19,7 @@ import pytest
 import stresslib
 from stresslib import REACTORS, Server, report, scale
 
-pytestmark = pytest.mark.stress
+pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 
 @pytest.fixture
