@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -149,8 +150,11 @@ def run_one(reactor, args, loadgen, paths, site_dir):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    return rows, {"server_exit": server.returncode, "static": served_by[:1],
-                  "tracebacks": text.count("Traceback"), "log": log_path}
+    # twistd re-raises the SIGTERM it stopped on after a clean shutdown (exit -15).
+    clean = server.returncode in (0, -signal.SIGTERM) and "Server Shut Down." in text
+    return rows, {"server_exit": server.returncode, "clean_exit": clean,
+                  "static": served_by[:1], "tracebacks": text.count("Traceback"),
+                  "log": log_path}
 
 
 def verdict(reactor, rows, extra):
@@ -168,7 +172,7 @@ def verdict(reactor, rows, extra):
     rss_growth = mean(last, "rss_mib") - mean(first, "rss_mib")
     fd_growth = mean(last, "fds") - mean(first, "fds")
     ok = (errors == 0 and fd_growth <= 5 and rss_growth < 0.05 * mean(first, "rss_mib")
-          and extra["tracebacks"] == 0 and extra["server_exit"] == 0)
+          and extra["tracebacks"] == 0 and extra["clean_exit"])
     summary = {
         "reactor": reactor, "samples": len(rows), "seconds": rows[-1]["t_s"],
         "requests": requests,
@@ -180,6 +184,7 @@ def verdict(reactor, rows, extra):
         "fd_growth": round(fd_growth, 1),
         "median_cpu_pct": sorted(r["cpu_pct"] for r in rows)[len(rows) // 2],
         "static": extra["static"], "server_tracebacks": extra["tracebacks"],
+        "server_exit": extra["server_exit"], "clean_exit": extra["clean_exit"],
         "verdict": "PASS" if ok else "FAIL"}
     line = ("VERDICT %s: %s; %d requests, %d errors; RSS %.1f -> %.1f MiB, slope %+.1f "
             "KiB/min; fds %d -> %d, slope %+.3f/min; median %.0f req/s at %.0f%% CPU" % (
