@@ -348,6 +348,10 @@ def run_fs(reactor, seed, start, progress, sample, emit):
                 continue
             progress.write("%d %s\n" % (k, text))
             progress.flush()
+            # The target file back to its 10,000 bytes: an earlier call may have made
+            # it huge and sparse (a truncate, an allocate, a write far out), and a
+            # read of all of it would then take as long as gigabytes take.
+            os.truncate("target", 10000)
             try:
                 result = fn()
             except CLEAR as e:
