@@ -25,6 +25,7 @@ Each module's counts per reactor, and its runtime, are printed in the terminal s
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/conformance/test_tcp.py
 """
 
+import os
 import subprocess
 import sys
 import time
@@ -107,11 +108,13 @@ def test_conformance(module, tmp_path, request):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
            "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), "-o", "addopts=",
            "-rfE", "--junitxml", str(junit), str(path)]
+    reached = tmp_path / "reached.txt"
+    env = dict(os.environ, TXURING_COUNT_TRANSPORTS=str(reached))
     started = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=work, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
-                              timeout=MODULE_TIMEOUT)
+                              timeout=MODULE_TIMEOUT, env=env)
     except subprocess.TimeoutExpired as e:
         out = e.output or ""
         if isinstance(out, bytes):
@@ -129,8 +132,11 @@ def test_conformance(module, tmp_path, request):
     epoll = {(b, m): o for (r, b, m), o in outcomes.items() if r == EPOLL}
     both_failed = sorted("%s.%s" % k for k, o in epoll.items()
                          if o in ("failed", "error") and uring.get(k) in ("failed", "error"))
+    reaching = set(reached.read_text().split()) if reached.exists() else set()
+    reaching_uring = sum(1 for t in reaching if URING in t)
     report = ["test_%s (%.1f s, subprocess included)" % (module, elapsed),
-              "  UringReactor: " + _describe(outcomes, seconds, URING),
+              "  UringReactor: " + _describe(outcomes, seconds, URING)
+              + "; %d reached the completion transports" % (reaching_uring,),
               "  EPollReactor: " + _describe(outcomes, seconds, EPOLL)]
     if both_failed:
         report.append("  failing on both (environment): " + ", ".join(both_failed))

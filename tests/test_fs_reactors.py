@@ -6,6 +6,8 @@ each (a process installs its global reactor once):
   - epoll:    EPollReactor (pytest-twisted's default here); fs attaches a private ring.
   - asyncio:  AsyncioSelectorReactor; a private ring, as on epoll.
   - threads:  EPollReactor with TXURING_FS_THREADS=1: the thread-pool fallback.
+  - seccomp:  EPollReactor under a seccomp filter refusing io_uring_setup (as Docker's
+              default profile does): the fallback chosen by itself, saying why.
 
 Each run checks (tests/fs_suite/test_fs_api.py's first test) that it got the reactor
 and backend named here. To run one by hand::
@@ -14,7 +16,9 @@ and backend named here. To run one by hand::
     cd tests && ../.venv/bin/python -m pytest -q fs_suite --reactor=uring
 """
 
+import errno
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -29,7 +33,9 @@ RUNS = {
     "epoll": ([], {}, "EPollReactor", "io_uring"),
     "asyncio": (["--reactor=asyncio"], {}, "AsyncioSelectorReactor", "io_uring"),
     "threads": ([], {"TXURING_FS_THREADS": "1"}, "EPollReactor", "threads"),
+    "seccomp": ([], {"TXURING_EXPECT_REASON": "seccomp"}, "EPollReactor", "threads"),
 }
+SECCOMP_EXEC = str(TESTS / "seccomp_exec.py")
 
 
 @pytest.mark.parametrize("run", sorted(RUNS))
@@ -38,11 +44,18 @@ def test_fs_suite(run):
     env = dict(os.environ, TXURING_EXPECT_REACTOR=reactor_name,
                TXURING_EXPECT_BACKEND=backend, **env)
     env.pop("PYTEST_ADDOPTS", None)
+    prefix = []
+    if run == "seccomp":
+        if platform.machine() != "x86_64":
+            pytest.skip("the seccomp filter is written for x86_64 syscall numbers")
+        prefix = [sys.executable, SECCOMP_EXEC, str(errno.EPERM)]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=60",
+        prefix + [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=60",
          "fs_suite", *args],
         cwd=TESTS, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
+    if proc.returncode == 3 and proc.stdout.startswith("NOSECCOMP"):
+        pytest.skip("cannot install a seccomp filter here: %s" % (proc.stdout,))
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     print("%s: %s" % (run, summary))
     assert proc.returncode == 0, out[-20000:]

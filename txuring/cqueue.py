@@ -25,7 +25,10 @@ Why it is built this way:
   - The targets are whatever the ring's table maps a user_data to: a
     L{txuring.handle.Handle}, or a lean record of txuring's own transports. They have
     C{_more(res, flags)} for a CQE with C{IORING_CQE_F_MORE}, C{_final(res, flags)} for
-    the last one (removed from the table first), and the C{_cqes} counter.
+    the last one (removed from the table first), and the C{_cqes} counter. A lean
+    record whose methods are another object's own (a transport's) has C{_cqes = None}:
+    it takes each CQE at most once (an exception at that method's very entry loses
+    the CQE rather than risk handing it over twice).
 """
 
 from twisted.python import log
@@ -131,7 +134,7 @@ class CompletionQueue:
                         log.err(None, "dispatching a completion (user_data=%d res=%d)"
                                 % (ud, res))
                     except BaseException:
-                        if target._cqes == seen:
+                        if seen is not None and target._cqes == seen:
                             # Raised before the target took the CQE: keep it for later.
                             if not flags & CQE_F_MORE:
                                 handles[ud] = target

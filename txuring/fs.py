@@ -279,8 +279,29 @@ def _cancel_paused(d):
 
 def _blocking_open(path, flags, mode, resolve, dir_fd):
     if resolve:
-        return _openat2_syscall(path, flags, mode, resolve, dir_fd)
+        try:
+            return _openat2_syscall(path, flags, mode, resolve, dir_fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM):
+                raise
+            # No openat2(2) (a seccomp profile older than it): check by hand.
+            return _open_beneath(path, flags, mode, dir_fd)
     return os.open(path, flags | _O_CLOEXEC, mode, dir_fd=dir_fd)
+
+
+def _open_beneath(path, flags, mode, dir_fd):
+    """
+    The last resort for RESOLVE_BENEATH: refuse C{path} unless its resolved form is
+    under C{dir_fd}'s directory, then open that resolved path with O_NOFOLLOW. A
+    symlink swapped in between the check and the open is refused (ELOOP) for the last
+    component only: prefer a system with openat2 (5.6) where that matters.
+    """
+    root = os.path.realpath("/proc/self/fd/%d" % (dir_fd,)) if dir_fd is not None else \
+        os.path.realpath(".")
+    real = os.path.realpath(os.path.join(root, os.fsdecode(path)))
+    if os.path.commonpath([root, real]) != root:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), path)
+    return os.open(real, flags | _O_CLOEXEC | os.O_NOFOLLOW, mode)
 
 
 def _blocking_read(fd, buf, offset):
@@ -336,10 +357,14 @@ class RingOps:
         self.threads = threads
         self.driver = driver
         self._logged = set()
+        self._ok = set()  # ops found supported (the probe asked once each)
         self._result = ring.syscall_result
 
     def _has(self, op):
+        if op in self._ok:
+            return True
         if self.ring.op_supported(op):
+            self._ok.add(op)
             return True
         if op not in self._logged:
             self._logged.add(op)
@@ -556,21 +581,42 @@ class FileSystem:
     def read_file(self, path):
         """The contents of the file at C{path}: Deferred[bytes]."""
         path = _path(path)
-        return _run(self._read_file(self._ops(), path))
+        ops = self._ops()
+        # Callbacks rather than a coroutine: this is the hot path of small-file
+        # servers (four ops: open, fstat, read, close), and each coroutine step costs.
+        # A cancel reaches the op in flight; the fd is closed whatever happens.
+        return ops.open(path, os.O_RDONLY).addCallback(self._rf_opened, ops, path)
 
-    async def _read_file(self, ops, path):
-        fd = await self._open_file(ops, path, os.O_RDONLY)
-        try:
-            size = (await ops.fstat(fd)).st_size
-            return await _read_all(ops, fd, 0, size)
-        finally:
-            await _close(ops, fd)
+    def _rf_opened(self, fd, ops, path):
+        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd, path)
+        return d.addBoth(_close_then, ops, fd)
+
+    def _rf_stat(self, st, ops, fd, path):
+        if _stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+        size = st.st_size
+        if not (_stat.S_ISREG(st.st_mode) and 0 < size < CHUNK):
+            return _run(_read_all(ops, fd, 0, size, _stat.S_ISREG(st.st_mode)))
+        buf = bytearray(size + 1)
+
+        def got(n):
+            if n == size:
+                del buf[n:]
+                return bytes(buf)
+            # Not what fstat said (the file changed): the general loop.
+            return _run(_read_all(ops, fd, 0, size, True))
+
+        return ops.read(fd, buf, 0).addCallback(got)
 
     async def _open_file(self, ops, path, flags, mode=0o666):
-        """open(2), refusing directories as Python's open() does (IsADirectoryError)."""
+        """
+        open(2), refusing directories as Python's open() does (IsADirectoryError):
+        C{(fd, its fstat)}, the stat None for a file opened for writing (the kernel
+        refuses a directory with EISDIR there already).
+        """
         fd = await ops.open(path, flags, mode)
         if flags & (os.O_WRONLY | os.O_RDWR):
-            return fd  # the kernel said EISDIR already
+            return fd, None
         try:
             st = await ops.fstat(fd)
         except BaseException:
@@ -579,7 +625,7 @@ class FileSystem:
         if _stat.S_ISDIR(st.st_mode):
             await _close(ops, fd)
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        return fd
+        return fd, st
 
     def write_file(self, path, data, *, atomic=False):
         """
@@ -678,7 +724,7 @@ class FileSystem:
         for st, name in ((sst, src), (dst_st, dst)):
             if st is not None and _stat.S_ISFIFO(st.st_mode):
                 raise shutil.SpecialFileError("`%s` is a named pipe" % (name,))
-        fin = await self._open_file(ops, src, os.O_RDONLY)
+        fin, _ = await self._open_file(ops, src, os.O_RDONLY)
         try:
             fout = await ops.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
             try:
@@ -730,7 +776,8 @@ class FileSystem:
     def mkdir(self, path, mode=0o777, *, parents=False, exist_ok=False):
         """mkdir(2), with C{pathlib.Path.mkdir}'s C{parents} and C{exist_ok}."""
         path = _path(path)
-        _size(mode, "mode")
+        if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+            raise ValueError("mode must be an int from 0 to 0o7777, not %r" % (mode,))
         return _run(self._mkdir(self._ops(), path, mode, parents, exist_ok))
 
     async def _mkdir(self, ops, path, mode, parents, exist_ok):
@@ -807,7 +854,7 @@ class FileSystem:
         return _OpenDeferred(self._open(ops, path, mode, flags, readable, writable, append))
 
     async def _open(self, ops, path, mode, flags, readable, writable, append):
-        fd = await self._open_file(ops, path, flags, 0o666)
+        fd, _ = await self._open_file(ops, path, flags, 0o666)
         if append:
             os.lseek(fd, 0, os.SEEK_END)  # as Python's 'a' mode: start at the end
         return File(self, ops, fd, path, mode, readable, writable, append)
@@ -882,6 +929,16 @@ async def _close(ops, fd):
         log.msg("txuring.fs: closing fd %d: %s" % (fd, e))
 
 
+def _close_then(result, ops, fd):
+    """Close C{fd}, then pass C{result} (a value or a Failure) on."""
+    def closed(outcome):
+        if isinstance(outcome, Failure) and not outcome.check(CancelledError):
+            log.msg("txuring.fs: closing fd %d: %s" % (fd, outcome.getErrorMessage()))
+        return result
+
+    return ops.close(fd).addBoth(closed)
+
+
 async def _remove_quietly(ops, path):
     try:
         await ops.unlink(path)
@@ -889,11 +946,16 @@ async def _remove_quietly(ops, path):
         pass
 
 
-async def _read_all(ops, fd, offset, size_hint):
+async def _read_all(ops, fd, offset, size_hint, regular=False):
     """
     Read from C{offset} (None: the file position) to EOF; C{size_hint} (the size
-    fstat gave) sizes the first buffer, so a regular file takes one read, and a file
-    that lies about its size (/proc) still reads whole.
+    fstat gave) sizes the first buffer (one byte more), so a regular file takes one
+    read, and a file that lies about its size (/proc) still reads whole.
+
+    A C{regular} file that gave all fstat announced in a read shorter than asked is
+    at its end: the extra read that would return 0 is saved (a file growing
+    meanwhile fills the extra byte and is read on). /proc files announce 0 bytes,
+    and are read until a read returns 0.
     """
     buf = bytearray(min(max(size_hint, 0), _MAX_OP) + 1)
     got = 0
@@ -908,6 +970,8 @@ async def _read_all(ops, fd, offset, size_hint):
         if n == 0:
             break
         got += n
+        if regular and got < len(buf) and got >= size_hint > 0:
+            break  # all fstat announced, and a short read: the end
     del buf[got:]
     return bytes(buf)
 
@@ -1122,7 +1186,21 @@ class File:
         if size is None or (isinstance(size, int) and size < 0):
             return self._track(self._read_all(offset), offset is None)
         _size(size, "size")
+        if offset is not None and 0 < size <= CHUNK:
+            # pread of one chunk: one op, no coroutine, unless it comes back short.
+            buf = bytearray(size)
+            d = self._ops.read(self._fd, buf, offset)
+            return self._track(d.addCallback(self._after_pread, buf, offset))
         return self._track(_read_upto(self._ops, self._fd, size, offset), offset is None)
+
+    def _after_pread(self, n, buf, offset):
+        if n == len(buf):
+            return bytes(buf)
+        if n == 0:
+            return b""
+        # Short (a pipe, a file shorter than asked): read on, as read(size) promises.
+        rest = _run(_read_upto(self._ops, self._fd, len(buf) - n, offset + n))
+        return rest.addCallback(lambda more: bytes(buf[:n]) + more)
 
     async def _read_all(self, offset):
         st = await self._ops.fstat(self._fd)
@@ -1220,6 +1298,8 @@ class File:
         Idempotent; after it every other method raises ValueError.
         """
         if self._closing is None:
+            if not _in_reactor_thread():
+                self._fs._ops()  # raises WrongThread
             self._closing = _run(self._close())
         d = Deferred()
         self._closing.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure)

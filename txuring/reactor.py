@@ -52,13 +52,15 @@ Design, and why:
 import errno
 import os
 import select
+import socket
 
 from zope.interface import implementer
 
 from twisted.internet import posixbase, tcp
 from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
-from twisted.python import log
+from twisted.python import context, log
 
+from txuring._core import lib
 from txuring.errors import UringUnavailable
 from txuring.ring import CQE_F_MORE, Ring
 
@@ -179,9 +181,24 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     _POLL_IN = POLLIN
     _POLL_OUT = POLLOUT
 
-    def __init__(self, queueDepth=256):
+    def __init__(self, queueDepth=256, *, completionTCP=None, multishotRecv=None,
+                 multishotAccept=None, recvBuffers=512, recvBufferSize=16384,
+                 directSendThreshold=4):
         """
         @param queueDepth: SQ entries of the reactor's ring (the CQ gets 4x).
+        @param completionTCP: None (default) to use the completion-based transports
+            of L{txuring.tcp} and L{txuring.unix} for TCP and UNIX streams where the
+            kernel has provided-buffer rings (5.19); False for Twisted's own
+            transports over poll ops.
+        @param multishotRecv: None to use multishot recv where the kernel has it
+            (6.0); False to force one single-shot recv per completion.
+        @param multishotAccept: None to use multishot accept where the kernel has it
+            (5.19); False to force single-shot accepts.
+        @param recvBuffers: buffers in the shared receive buffer ring (a power of 2).
+        @param recvBufferSize: bytes per receive buffer.
+        @param directSendThreshold: when at most this many connections flush in one
+            loop pass, they call send(2) directly instead of submitting a send op (a
+            reply then leaves without a completion round trip); 0 never does.
         """
         self.ring = Ring(queueDepth, start_disabled=True)
         self._multishotPoll = self.ring.op_supported("poll_add_multishot")
@@ -190,6 +207,24 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._selectables = {}
         self._polls = {}
         self._tryWrites = []
+        ring = self.ring
+        if completionTCP is None:
+            completionTCP = ring.op_supported("accept_multishot")  # rings came in 5.19 too
+        self._completionTCP = bool(completionTCP)
+        self._multishotRecv = int(ring.op_supported("recv_multishot")
+                                  if multishotRecv is None else bool(multishotRecv))
+        self._multishotAccept = (ring.op_supported("accept_multishot")
+                                 if multishotAccept is None else bool(multishotAccept))
+        self._recvBufferCount = recvBuffers
+        self._recvBufferSize = recvBufferSize
+        self._directSendThreshold = directSendThreshold
+        self._recvBufs = None
+        #: completion transports to visit at the end of this loop pass (_runPasses)
+        self._passQueue = []
+        #: whether this pass's flushes call send(2) directly
+        self._directSend = False
+        #: the log context stack of the reactor's thread (twisted.python.context)
+        self._logContexts = context.theContextTracker.currentContext().contexts
         posixbase.PosixReactorBase.__init__(self)
 
     def _wakerFactory(self):
@@ -211,13 +246,20 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             return  # no fork happened: the ring is this process's own
         old.exit()  # marked forked: closes the inherited fd and mappings only
         self.ring = Ring(old.queue_depth, start_disabled=True)
+        self._recvBufs = None
         for poll in self._polls.values():
             poll.live = False
         self._polls = {}
-        for fd in self._reads:
-            self._arm(fd, self._selectables[fd], POLLIN)
-        for fd in self._writes:
-            self._arm(fd, self._selectables[fd], POLLOUT)
+        renewed = set()
+        for fds, direction in ((self._reads, POLLIN), (self._writes, POLLOUT)):
+            for fd in fds:
+                selectable = self._selectables[fd]
+                if getattr(selectable, "_txuringCompletion", False):
+                    if selectable not in renewed:
+                        renewed.add(selectable)
+                        selectable._newRing()
+                else:
+                    self._arm(fd, selectable, direction)
 
     # ---- IReactorFDSet ----
 
@@ -241,6 +283,13 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._add(writer, self._writes, POLLOUT)
 
     def _add(self, selectable, primary, direction):
+        if getattr(selectable, "_txuringCompletion", False):
+            # A txuring.tcp transport: it registers itself and starts its own ops.
+            if direction == POLLIN:
+                selectable.startReading()
+            else:
+                selectable.startWriting()
+            return
         fd = selectable.fileno()
         if fd in primary:
             return  # as on epoll: already registered in this direction
@@ -264,6 +313,12 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         self._remove(writer, self._writes, self._reads, POLLOUT)
 
     def _remove(self, selectable, primary, other, direction):
+        if getattr(selectable, "_txuringCompletion", False):
+            if direction == POLLIN:
+                selectable.stopReading()
+            else:
+                selectable.stopWriting()
+            return
         fd = selectable.fileno()
         if fd == -1:
             # Closed already: find it by identity, as epollreactor does.
@@ -392,6 +447,107 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                 if self._wantsPoll(fd, writer, POLLOUT):
                     self._arm(fd, writer, POLLOUT)
 
+    # ---- completion-based transports (txuring.tcp) ----
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.listenTCP(self, port, factory, backlog,
+                                                        interface)
+        from txuring import tcp as utcp
+        p = utcp.Port(port, factory, backlog, interface, self)
+        p.startListening()
+        return p
+
+    def connectTCP(self, host, port, factory, timeout=30.0, bindAddress=None):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.connectTCP(self, host, port, factory,
+                                                         timeout, bindAddress)
+        from txuring import tcp as utcp
+        c = utcp.Connector(host, port, factory, timeout, bindAddress, self)
+        c.connect()
+        return c
+
+    def listenUNIX(self, address, factory, backlog=50, mode=0o666, wantPID=0):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.listenUNIX(self, address, factory, backlog,
+                                                         mode, wantPID)
+        from txuring import unix as uunix
+        p = uunix.Port(address, factory, backlog, mode, self, wantPID)
+        p.startListening()
+        return p
+
+    def connectUNIX(self, address, factory, timeout=30, checkPID=0):
+        if not self._completionTCP:
+            return posixbase.PosixReactorBase.connectUNIX(self, address, factory, timeout,
+                                                          checkPID)
+        from txuring import unix as uunix
+        c = uunix.Connector(address, factory, timeout, self, checkPID)
+        c.connect()
+        return c
+
+    def adoptStreamPort(self, fileDescriptor, addressFamily, factory):
+        if not self._completionTCP or addressFamily not in (socket.AF_INET,
+                                                            socket.AF_INET6,
+                                                            socket.AF_UNIX):
+            return posixbase.PosixReactorBase.adoptStreamPort(
+                self, fileDescriptor, addressFamily, factory)
+        if addressFamily == socket.AF_UNIX:
+            from txuring import unix as uunix
+            p = uunix.Port._fromListeningDescriptor(self, fileDescriptor, factory)
+        else:
+            from txuring import tcp as utcp
+            p = utcp.Port._fromListeningDescriptor(self, fileDescriptor, addressFamily,
+                                                   factory)
+        p.startListening()
+        return p
+
+    def adoptStreamConnection(self, fileDescriptor, addressFamily, factory):
+        if not self._completionTCP or addressFamily not in (socket.AF_INET,
+                                                            socket.AF_INET6,
+                                                            socket.AF_UNIX):
+            return posixbase.PosixReactorBase.adoptStreamConnection(
+                self, fileDescriptor, addressFamily, factory)
+        if addressFamily == socket.AF_UNIX:
+            from txuring import unix as uunix
+            return uunix.Server._fromConnectedSocket(fileDescriptor, factory, self)
+        from txuring import tcp as utcp
+        return utcp.Server._fromConnectedSocket(fileDescriptor, addressFamily, factory,
+                                                self)
+
+    def _recvBuffers(self):
+        """The provided-buffer ring shared by this reactor's connections (made once)."""
+        bufs = self._recvBufs
+        if bufs is None:
+            from txuring.tcp import _RecvBuffers
+            bufs = self._recvBufs = _RecvBuffers(self.ring, self._recvBufferCount,
+                                                 self._recvBufferSize)
+        return bufs
+
+    def _leanCancel(self, target):
+        """Cancel the transport op with user_data C{target}; nobody awaits the answer."""
+        from txuring.tcp import _QUIET
+        ring = self.ring
+        if ring._closed or ring._forked:
+            return  # nothing of this ring runs any more
+        ud = next(ring._ids)
+        ring._handles[ud] = _QUIET
+        if ring._sq.backlog or lib.txu_lean_cancel(ring._r, target, ud, 0) == -errno.EBUSY:
+            ring._lean_queue(ud, _QUIET, lib.txu_lean_cancel, (target,))
+
+    def _runPasses(self):
+        """
+        The end of a loop pass for the completion transports that asked for it: their
+        sends are prepared here (and go out with the next enter, the one that waits),
+        stashed data is handed over, paused recvs are cancelled.
+        """
+        rounds = 0
+        while self._passQueue and rounds < 8:
+            rounds += 1
+            pending, self._passQueue = self._passQueue, []
+            self._directSend = len(pending) <= self._directSendThreshold
+            for conn in pending:
+                conn._passEnd()
+
     # ---- the loop ----
 
     def doIteration(self, timeout):
@@ -401,6 +557,13 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         try the writes they started.
         """
         ring = self.ring
+        self._logContexts = context.theContextTracker.currentContext().contexts
+        if self._passQueue:
+            # Work timed calls queued (writes, a resumed transport's stashed data):
+            # done now, so this enter submits the sends; and no sleeping in the wait,
+            # since it may have scheduled calls the timeout did not know about.
+            self._runPasses()
+            timeout = 0
         if self._tryWrites:
             # Started by timed calls: write now, and do not sleep in the wait, since
             # those writes may have scheduled calls the timeout did not know about.
@@ -408,17 +571,25 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             timeout = 0
         if ring.cqe_ready(timeout):
             ring.fill_completions()
+        bufs = self._recvBufs
+        if bufs is not None and bufs.pending:
+            bufs.flush()  # the receive buffers of the batch, back in one call
+        if self._passQueue:
+            self._runPasses()
         if self._tryWrites:
             self._writeOptimistically()
 
     doPoll = doIteration
 
 
-def install(queueDepth=256):
-    """Install UringReactor as C{twisted.internet.reactor}."""
+def install(queueDepth=256, **options):
+    """
+    Install UringReactor as C{twisted.internet.reactor}; C{options} go to
+    L{UringReactor.__init__}.
+    """
     from twisted.internet.main import installReactor
 
-    reactor = UringReactor(queueDepth)
+    reactor = UringReactor(queueDepth, **options)
     installReactor(reactor)
     return reactor
 

@@ -62,7 +62,7 @@ from txuring.cqueue import CQE_F_MORE, CompletionQueue
 from txuring.handle import DONE, QUEUED, Handle
 from txuring.opcode import OPCODES, Operations
 from txuring.params import SETUP_CHAIN, SETUP_FLAG_NAMES, SETUP_R_DISABLED, SETUP_SQPOLL
-from txuring.squeue import SubmissionQueue
+from txuring.squeue import QueuedOp, SubmissionQueue
 
 __all__ = ["Ring", "CQE_F_MORE"]
 
@@ -777,6 +777,47 @@ class Ring(Operations):
             "enters": r.enters,
             "backlogged": self._sq.backlogged,
         }
+
+    # ---- lean path for txuring's own transports ----
+    # txuring.tcp prepares its per-message SQEs itself: ring._handles[ud] = record (an
+    # object with _more/_final and _cqes = None, no Handle), then lib.txu_lean_*(ring._r,
+    # ..., ud, 0). Only when that finds the SQ full (or ops already queued, so order
+    # must be kept: ring._sq.backlog) does it come here.
+
+    def _lean_queue(self, user_data, record, prep, args):
+        """
+        A transport's op (already in C{_handles} under C{user_data}) did not fit the
+        SQ: submit to make room and try again, else queue it behind the overflow
+        queue, in order. Never drops it.
+        """
+        sq = self._sq
+        if not sq.backlog and not self._disabled and not self._closed:
+            self.submit()
+            if not sq.backlog and prep(self._r, *args, user_data, 0) != -errno.EBUSY:
+                return
+        sq.queue(QueuedOp(_LeanQueued(user_data, record), prep, args))
+        if self.on_pending is not None and not self._pending_notified:
+            self._notify_pending()
+
+
+class _LeanQueued:
+    """
+    A transport's op waiting in the overflow queue: what the queue's users (submit,
+    cancel, cancel_all) expect of a Handle. Its completions go to the record itself,
+    which stays in C{Ring._handles}.
+    """
+
+    __slots__ = ("user_data", "record", "state")
+    op = "transport op"
+
+    def __init__(self, user_data, record):
+        self.user_data = user_data
+        self.record = record
+        self.state = QUEUED
+
+    def _final(self, res, flags):
+        self.state = DONE
+        self.record._final(res, flags)
 
 
 class _Chain:

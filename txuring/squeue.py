@@ -77,6 +77,8 @@ class SubmissionQueue:
 
     @ivar chain: None, or the list of L{QueuedOp}s of the C{ring.linked()} block being
         built: ops started meanwhile join it instead of the SQ.
+    @ivar backlog: the overflow queue (L{QueuedOp}s and L{QueuedChain}s); while it is
+        not empty, a new op must queue behind it (FIFO).
     @ivar backlogged: how many ops ever had to wait in the overflow queue (stats).
     """
 
@@ -88,18 +90,18 @@ class SubmissionQueue:
         """
         self._r = r
         self._handles = handles
-        self._backlog = deque()
+        self.backlog = deque()
         self.chain = None
         self.backlogged = 0
 
     def __len__(self):
         """The number of entries (ops and chains) in the overflow queue."""
-        return len(self._backlog)
+        return len(self.backlog)
 
     @property
     def waiting(self):
         """The number of ops in the overflow queue."""
-        return sum(len(entry.handles) for entry in self._backlog)
+        return sum(len(entry.handles) for entry in self.backlog)
 
     def push(self, handle, prep, args):
         """
@@ -114,7 +116,7 @@ class SubmissionQueue:
         # signal handler's) lands between two steps: registered before the SQE exists,
         # and the queue record made before anything is registered.
         ud = handle.user_data
-        if not self._backlog:
+        if not self.backlog:
             r = self._r
             self._handles[ud] = handle
             handle.state = SUBMITTED
@@ -134,16 +136,26 @@ class SubmissionQueue:
             if ret != -errno.EBUSY:
                 raise errors.RingClosed("the ring can not take SQEs (closed, or inherited "
                                         "from the parent process by fork)")
-        entry = QueuedOp(handle, prep, args)
-        self._handles[ud] = handle
+        return self.queue(QueuedOp(handle, prep, args), register=True)
+
+    def queue(self, entry, register=False):
+        """
+        Append C{entry} (a L{QueuedOp}) to the overflow queue, entering its target in
+        the table first with C{register} (else it is there already). Returns True when
+        it is the only entry (see L{push}). (No call between the table and the append:
+        CPython runs signal handlers at calls.)
+        """
+        handle = entry.handle
         handle.state = QUEUED
-        self._backlog.append(entry)
+        if register:
+            self._handles[handle.user_data] = handle
+        self.backlog.append(entry)
         self.backlogged += 1
-        return len(self._backlog) == 1
+        return len(self.backlog) == 1
 
     def fill(self):
         """Move queued ops into the SQ, in FIFO order, while there is room."""
-        backlog = self._backlog
+        backlog = self.backlog
         while backlog:
             entry = backlog[0]
             done = self._prep_chain(entry.ops) if isinstance(entry, QueuedChain) else \
@@ -164,7 +176,7 @@ class SubmissionQueue:
         except (TypeError, ValueError, OverflowError):
             # cffi refused an argument: fail this op alone, not the whole submit.
             log.err(None, "preparing queued %s" % (handle.op,))
-            self._backlog.popleft()
+            self.backlog.popleft()
             self._end([handle], -errno.EINVAL)
             return None
         except BaseException:
@@ -172,7 +184,7 @@ class SubmissionQueue:
             # with a field read, not a call: CPython runs handlers again after calls.)
             if r.sqe_tail != tail:
                 handle.state = SUBMITTED
-                self._backlog.popleft()
+                self.backlog.popleft()
             raise
         handle.state = SUBMITTED
         return True
@@ -190,7 +202,7 @@ class SubmissionQueue:
         except (TypeError, ValueError, OverflowError):
             log.err(None, "preparing %s, op %d of a linked chain" % (op.handle.op, i))
             lib.txu_sq_rollback(r, r.sqe_tail - tail)  # un-prepare it, links and all
-            self._backlog.popleft()
+            self.backlog.popleft()
             # As the kernel ends a chain whose op fails: that op with its error, the
             # rest with ECANCELED.
             self._end([op.handle], -errno.EINVAL)
@@ -237,7 +249,7 @@ class SubmissionQueue:
         for op in ops:
             self._handles[op.handle.user_data] = op.handle
             op.handle.state = QUEUED
-        self._backlog.append(QueuedChain(ops))
+        self.backlog.append(QueuedChain(ops))
         return True
 
     def unlinked(self, push, *args):
@@ -256,17 +268,17 @@ class SubmissionQueue:
         submitted; a chain goes as a whole (the kernel would cancel the rest anyway).
         Returns whether it was there.
         """
-        for entry in self._backlog:
+        for entry in self.backlog:
             if any(h is handle for h in entry.handles):
-                self._backlog.remove(entry)
+                self.backlog.remove(entry)
                 self._end(entry.handles, -errno.ECANCELED)
                 return True
         return False
 
     def clear(self):
         """Forget every queued op (the ring is ending them itself)."""
-        self._backlog.clear()
+        self.backlog.clear()
 
     def first_queued(self):
         """The first queued op's handle, or None."""
-        return self._backlog[0].handles[0] if self._backlog else None
+        return self.backlog[0].handles[0] if self.backlog else None

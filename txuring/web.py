@@ -168,6 +168,12 @@ class Directory(resource.Resource):
     def __repr__(self):
         return "<txuring.web.Directory %r>" % (self.path,)
 
+    def close(self):
+        """Close the root directory's fd (reopened by the next request, if any)."""
+        fd, self._root_fd = self._root_fd, None
+        if fd is not None:
+            os.close(fd)
+
     def _resolve_flags(self):
         if self.allow_symlink_escape:
             return 0
@@ -180,7 +186,6 @@ class Directory(resource.Resource):
         segments = list(request.postpath)
         d = Deferred.fromCoroutine(self._serve(request, segments))
         finished = []
-        request.notifyFinish().addBoth(finished.append)
 
         def failed(failure):
             if failure.check(CancelledError) or finished:
@@ -195,7 +200,9 @@ class Directory(resource.Resource):
         d.addErrback(failed)
         # Cancel what is in flight (an open, a stat) if the client leaves before the
         # producer takes over.
-        request.notifyFinish().addErrback(lambda _: d.cancel())
+        finished_d = request.notifyFinish()
+        finished_d.addBoth(finished.append)
+        finished_d.addErrback(lambda _: d.cancel())
         return server.NOT_DONE_YET
 
     render_HEAD = render_GET
@@ -249,7 +256,8 @@ class Directory(resource.Resource):
             fd = await self._send(ops, request, fd, st, os.path.basename(rel))
         finally:
             if fd is not None:
-                await txfs._close(ops, fd)
+                # Not waited for: the response does not depend on it.
+                ops.close(fd).addErrback(log.err, "txuring.web: closing a file")
 
     async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK):
         """(fd, stat), or (None, the error resource) for the client."""
@@ -316,6 +324,19 @@ class Directory(resource.Resource):
             return fd
         parts = ranges.parts(request)
         if not parts or all(size == 0 and not prefix for prefix, _, size in parts):
+            request.finish()
+            return fd
+        if len(parts) == 1 and parts[0][2] <= self.chunk_size:
+            # A small body: one read (or a few), one write, no producer.
+            _, offset, size = parts[0]
+            buf = bytearray(size)
+            got = 0
+            while got < size:
+                n = await ops.read(fd, memoryview(buf)[got:], offset + got)
+                if n == 0:
+                    raise OSError(errno.EIO, "the file shrank while being served")
+                got += n
+            request.write(bytes(buf))
             request.finish()
             return fd
         FileProducer(ops, fd, request, parts, self.chunk_size).start()

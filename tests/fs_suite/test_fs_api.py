@@ -56,6 +56,9 @@ def test_runs_on_the_expected_reactor_and_backend(fs):
             assert fs.backend.driver is not None and fs.backend.driver.reactor is reactor()
     else:
         assert fs.reason
+    want_reason = expected("TXURING_EXPECT_REASON")
+    if want_reason:
+        assert want_reason in fs.reason, fs.reason
 
 
 # ---- whole files ----
@@ -308,6 +311,8 @@ async def test_file_position_like_python(fs, tmp_path):
         assert await f.read() == b"89"
         assert await f.read(5) == b""
         assert await f.read(2, offset=0) == b"01"
+        assert await f.read(5, offset=8) == b"89"  # short at EOF: read on, then 0
+        assert await f.read(5, offset=50) == b""
         assert await f.seek(0) == 0
         buf = bytearray(4)
         assert await f.readinto(buf) == 4 and buf == b"0123"
@@ -407,8 +412,9 @@ def test_bad_arguments_raise_at_the_call(fs, tmp_path):
         fs.truncate(tmp_path / "f", -1)
     with pytest.raises(ValueError):
         fs.truncate(tmp_path / "f", 2**64)
-    with pytest.raises(ValueError):
-        fs.mkdir(tmp_path / "m", -1)
+    for mode in (-1, 0o10000, 2**40, "0o777", True):
+        with pytest.raises(ValueError):
+            fs.mkdir(tmp_path / "m", mode)
     for mode in ("", "rw", "rr", "rt", "q", "r+w", "bb"):
         with pytest.raises(ValueError):
             fs.open(tmp_path / "f", mode)
@@ -490,12 +496,17 @@ async def test_calls_from_another_thread_raise_wrongthread(fs, tmp_path):
                 call()
             except txfs.WrongThread as e:
                 caught.append(str(e))
+        try:
+            f.close()
+        except txfs.WrongThread as e:
+            caught.append(str(e))
 
     t = threading.Thread(target=other)
     t.start()
     t.join()
+    assert not f.closed
     await f.close()
-    assert len(caught) == 4 and "blockingCallFromThread" in caught[0]
+    assert len(caught) == 5 and "blockingCallFromThread" in caught[0]
 
 
 @ensure
@@ -634,3 +645,77 @@ async def test_cancel_a_blocked_read_of_a_fifo(fs, tmp_path):
         await f.close()
     finally:
         os.close(keep)
+
+
+# ---- io-wq caps, and ops the kernel lacks ----
+
+
+def _iou_workers():
+    """The thread ids of this process's io-wq workers."""
+    found = set()
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/comm" % (t,)) as f:
+                if f.read().startswith("iou-wrk"):
+                    found.add(t)
+        except OSError:
+            pass
+    return found
+
+
+@ensure
+async def test_iowq_worker_caps_bound_the_kernel_threads(fs, tmp_path):
+    if fs.kind != "io_uring":
+        pytest.skip("io-wq caps are an io_uring matter")
+    capped = txfs.FileSystem(reactor(), max_workers=(2, 2))
+    paths = [tmp_path / str(i) for i in range(100)]
+    # Idle workers of earlier tests linger (5 s in the kernel) and may be reused.
+    before = _iou_workers()
+    seen, peak = set(), [0]
+
+    def sample():
+        now = _iou_workers()
+        seen.update(now - before)
+        peak[0] = max(peak[0], len(now))
+
+    sampler = task.LoopingCall(sample)
+    sampler.start(0.001)
+    try:
+        for _ in range(2):
+            await defer.gatherResults([capped.write_file(p, b"y" * 4096, atomic=True)
+                                       for p in paths])
+    finally:
+        sampler.stop()
+        # (io-wq is per task: give the reactor's thread its default caps back)
+        capped.ops().apply_max_workers(txfs.DEFAULT_MAX_WORKERS)
+        if capped.ops().driver is not None:
+            await capped._shutdown()
+    # Two caps (bounded: file I/O; unbounded: the rest): 2 + 2 at most, where the
+    # kernel's default (and TXURING_FS_MAX_WORKERS unset) would have let one per op.
+    assert len(seen) <= 4 and 1 <= peak[0] <= max(4, len(before)), (seen, peak, before)
+
+
+@ensure
+async def test_an_op_the_kernel_lacks_runs_on_the_thread_pool(fs, tmp_path, monkeypatch):
+    if fs.kind != "io_uring":
+        pytest.skip("the thread backend has every op")
+    ring = fs.ops().ring
+    real = ring.op_supported
+    monkeypatch.setattr(ring, "op_supported", lambda op: op not in (
+        "mkdirat", "ftruncate") and real(op))
+    monkeypatch.setattr(fs.ops(), "_ok", set())  # forget what earlier tests found
+    logged = []
+    from twisted.python import log
+
+    log.addObserver(logged.append)
+    try:
+        await fs.mkdir(tmp_path / "d")
+        (tmp_path / "f").write_bytes(b"12345")
+        await fs.truncate(tmp_path / "f", 2)
+        async with fs.open(tmp_path / "f", "r+b") as f:
+            await f.truncate(1)
+    finally:
+        log.removeObserver(logged.append)
+    assert (tmp_path / "d").is_dir() and (tmp_path / "f").read_bytes() == b"1"
+    text = " ".join(" ".join(map(str, e.get("message", ()))) for e in logged)
+    assert "no mkdirat op (it needs Linux 5.15)" in text or "mkdirat" in fs.ops()._logged

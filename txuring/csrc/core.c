@@ -1156,3 +1156,70 @@ static int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max)
     }
     return (int)n;
 }
+
+/* ==== lean path for txuring's own transports (txuring/tcp.py) ====
+ * These take no Python objects beyond what cffi passes for a `const char *` (a bytes
+ * object's own buffer, which the caller keeps alive until the op's final CQE), so a
+ * transport prepares its per-message SQEs in one call each, with no cdata built per
+ * message. Same contract as the prep functions above (user_data and SQE flags last, so
+ * the Ring's overflow queue can prepare them later): 0, or -EBUSY when the SQ is full. */
+
+/* recv into a buffer the kernel picks from provided-buffer group bgid when data
+ * arrives: multishot (IORING_RECV_MULTISHOT, 6.0) or one CQE per SQE (buffer rings,
+ * 5.19). */
+static int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int multishot,
+                         uint64_t ud, unsigned sf)
+{
+    PREP(r, IORING_OP_RECV, fd, ud, sf | IOSQE_BUFFER_SELECT);
+    sqe->buf_group = bgid;
+    if (multishot)
+        sqe->ioprio = IORING_RECV_MULTISHOT;
+    return 0;
+}
+
+/* send(2) of len bytes from buf + off (buf: a bytes object the caller holds). */
+static int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off,
+                         unsigned len, uint64_t ud, unsigned sf)
+{
+    PREP(r, IORING_OP_SEND, fd, ud, sf);
+    sqe->addr = ADDR(buf + off);
+    sqe->len = len;
+    sqe->msg_flags = MSG_NOSIGNAL;
+    return 0;
+}
+
+/* Async cancel of the op with user_data target (its own CQE goes to ud). */
+static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf)
+{
+    PREP(r, IORING_OP_ASYNC_CANCEL, -1, ud, sf);
+    sqe->addr = target;
+    return 0;
+}
+
+/* Hand back buffers the caller copied out of CQEs it was given directly (the lean
+ * path: no Handle marked them delivered), in one call per batch: each id is checked
+ * (range, not lent, not twice in this call) and published. Returns how many were
+ * published, or -EBADFD once the group is closed. */
+static int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n)
+{
+    if (!b->br)
+        return -EBADFD;
+    unsigned short tail = b->br->tail;
+    unsigned done = 0;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = bids[i];
+        if (bid >= b->entries || b->state[bid] != TXU_BUF_PUBLISHED)
+            continue;
+        b->state[bid] = TXU_BUF_DELIVERED; /* (marks it taken for the rest of this call) */
+        struct io_uring_buf *buf = &b->br->bufs[(unsigned short)(tail + done) & b->mask];
+        buf->addr = (uint64_t)(uintptr_t)(b->base + (size_t)bid * b->buf_size);
+        buf->len = b->buf_size;
+        buf->bid = (unsigned short)bid;
+        done++;
+    }
+    for (unsigned i = 0; i < n; i++)
+        if (bids[i] < b->entries && b->state[bids[i]] == TXU_BUF_DELIVERED)
+            b->state[bids[i]] = TXU_BUF_PUBLISHED;
+    __atomic_store_n(&b->br->tail, (unsigned short)(tail + done), __ATOMIC_RELEASE);
+    return (int)done;
+}

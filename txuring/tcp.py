@@ -1,0 +1,905 @@
+"""
+Completion-based TCP transports for L{UringReactor}: the socket I/O itself is io_uring
+operations, not readiness polls followed by system calls.
+
+Design, and why:
+
+  - The transports I{are} Twisted's: L{Server}, L{Client} and L{Port} subclass
+    C{twisted.internet.tcp}'s classes (as iocpreactor reuses C{Connector},
+    C{_BaseTCPClient}, C{_SocketCloser} and C{_AbortingMixin}) and keep their state in
+    the same attributes (C{dataBuffer}, C{offset}, C{_tempDataBuffer}, C{producer},
+    C{disconnecting}...). Only the four registration methods (startReading,
+    stopReading, startWriting, stopWriting), C{doWrite} and C{connectionLost} are
+    replaced. So everything users and Twisted's tests rely on -- producers and the
+    write buffer's high-water mark, loseConnection after the drain, half-close,
+    abortConnection, TLS (C{startTLS} layers a TLSMemoryBIOProtocol exactly as on
+    epoll, and listenSSL/connectSSL/endpoints wrap the factory), connectionLost
+    reasons -- is Twisted's own code, driven by completions instead of readiness.
+
+  - Reading: one multishot recv (IORING_RECV_MULTISHOT, 6.0) per connection, whose
+    buffers the kernel picks from ONE provided-buffer ring (L{BufferRing}, 5.19)
+    shared by all the reactor's connections: an idle connection holds no buffer.
+    Each data CQE is copied out as exact-size C{bytes}, its buffer handed straight
+    back, and C{protocol.dataReceived} called. Every (re-)arm starts with a
+    single-shot recv (same buffer ring), and the multishot one is armed once a recv
+    found the socket drained (see L{_CompletionConnection._armRecv} for the kernel
+    behaviour that makes this necessary); it is armed again after its final CQE
+    (ENOBUFS when the buffer ring ran dry under a burst, or a final data CQE). Where
+    multishot recv is missing (5.19) or forced off, single-shot recvs are all there is.
+
+  - Pausing (C{stopReading}, so C{pauseProducing}) cancels the recv at the end of the
+    loop pass, unless it was resumed meanwhile (twisted.web pauses and resumes within
+    one request). Data the kernel had already received before the cancel took effect
+    is kept, in order, and handed over on resume: a paused connection holds at most
+    what arrived in one loop pass, so memory stays bounded under a slow consumer.
+
+  - Writing: C{write}/C{writeSequence} append to Twisted's list buffer; EXACTLY ONE
+    send is in flight per socket (two sends of one socket could be reordered), and
+    everything written meanwhile goes in the next one. Sends are prepared at the end
+    of the loop pass, so they are submitted by the same C{io_uring_enter} that waits
+    for the next completions; a short send is resumed from where it stopped. When
+    few connections flush in a pass (one client, say), C{send(2)} is called directly
+    instead: a completion round trip per reply would cost a second loop pass.
+
+  - The hot path avoids the public op API: no Handle, Deferred or argument checks per
+    message. Each op is a small record in the ring's user_data table
+    (C{ring._handles}) whose C{_more}/C{_final} are bound methods of the connection;
+    SQEs are prepared by C functions that take a C{bytes} object's own buffer; the
+    buffer ring's chunks are precomputed C{ffi.buffer}s, one slice per message.
+    Rare ops (accept, connect) go through the public API.
+
+  - The reactor's IReactorFDSet view stays true: a transport is in C{getReaders()}
+    while it reads and in C{getWriters()} while it has data to write, and
+    C{removeAll()}/C{disconnectAll()} reach it (Twisted's tests check both).
+
+Kernel facts relied on: a send on a non-blocking socket through io_uring waits for
+room (it does not fail with EAGAIN) and may be short; a multishot recv ends with
+ENOBUFS when the buffer ring is empty, with res 0 at EOF, and with ECANCELED after a
+cancel, and its data CQEs carry C{IORING_CQE_F_BUFFER} with the buffer id in the
+upper 16 bits of C{flags}; an op holds its own reference to the file, so closing the
+fd does not end it (the transports cancel their ops on connectionLost).
+"""
+
+import errno
+import os
+import socket
+import sys
+
+from twisted.internet import error, main, tcp
+from twisted.internet.abstract import _concatenate
+from twisted.internet.defer import Deferred
+from twisted.python import context, failure, log
+from twisted.python.log import ILogContext
+
+from txuring._core import ffi, lib
+from txuring.bufring import BufferRing
+from txuring.ring import CQE_F_MORE
+
+_EBUSY = -errno.EBUSY
+_ECANCELED = -errno.ECANCELED
+_ENOBUFS = -errno.ENOBUFS
+#: IORING_CQE_F_SOCK_NONEMPTY (5.19): the socket had more data queued after this recv.
+_CQE_F_SOCK_NONEMPTY = 1 << 2
+_CONNECTION_DONE = main.CONNECTION_DONE
+_CONNECTION_LOST = main.CONNECTION_LOST
+#: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
+_MAX_SEND = 1 << 30
+
+
+def _logContextOf(transport):
+    """
+    The context entry C{log.callWithLogger(transport, ...)} pushes, made once per
+    transport instead of once per event: the reactor's log context with the
+    transport's log prefix as "system".
+    """
+    try:
+        prefix = transport.logPrefix()
+    except BaseException:
+        prefix = "Uninitialized"
+    base = context.get(ILogContext) or {}
+    ctx = dict(base)
+    ctx["system"] = prefix
+    return {ILogContext: ctx}
+
+
+class _RecvBuffers:
+    """
+    The reactor's provided-buffer ring for receiving, with what the hot path needs
+    precomputed: each buffer as an C{ffi.buffer} (slicing one gives C{bytes} in one
+    copy) and its address.
+
+    @ivar bufring: the L{BufferRing}.
+    @ivar gid: its buffer group id (the recv SQEs name it).
+    @ivar chunks: buffer id -> C{ffi.buffer} over that buffer.
+    @ivar addrs: buffer id -> its address, to hand it back.
+    @ivar size: bytes per buffer.
+    @ivar rearmed: recvs that ended with ENOBUFS (the ring ran dry) and were re-armed.
+    """
+
+    rearmed = 0
+
+    def __init__(self, ring, entries, size):
+        self.bufring = BufferRing(ring, entries, size)
+        self.gid = self.bufring.group_id
+        self.base = base = self.bufring._base
+        self.addrs = [base + i * size for i in range(entries)]
+        self.chunks = [ffi.buffer(a, size) for a in self.addrs]
+        self.size = size
+        self.b = self.bufring._b
+        #: ids of buffers copied out and not yet handed back: the reactor hands them
+        #: back in one call after each harvested batch (L{flush}), before its next
+        #: enter (one C call per message cost ~0.4 us: cffi converting two pointers)
+        self.pending = []
+
+    def flush(self):
+        """Hand every pending buffer back to the kernel (one C call)."""
+        pending = self.pending
+        if pending:
+            self.pending = []
+            lib.txu_bufring_recycle_many(self.b, pending, len(pending))
+
+
+class _Quiet:
+    """The record of an op whose completion nobody needs (a cancel request)."""
+
+    __slots__ = ()
+    _keep = None
+    #: (the lean records take each CQE at most once: see txuring.cqueue)
+    _cqes = None
+
+    def _more(self, res, flags):
+        pass
+
+    def _final(self, res, flags):
+        pass
+
+
+_QUIET = _Quiet()
+
+
+class _RecvOp:
+    """
+    One recv SQE of a connection. Data CQEs go straight to the connection's
+    C{_recvData}; the final CQE says which recv ended, so that a cancelled one's
+    ending is never taken for the current one's.
+
+    @ivar conn: the connection.
+    @ivar ud: the op's user_data.
+    """
+
+    __slots__ = ("_more", "conn", "ud")
+    _keep = None  # the buffers are the reactor's buffer ring's, which outlives the op
+    _cqes = None  # (at most once: _more is the connection's own method)
+
+    def __init__(self, conn, ud):
+        self.conn = conn
+        self.ud = ud
+        self._more = conn._recvData
+
+    def _final(self, res, flags):
+        self.conn._recvEnded(self, res, flags)
+
+
+class _SendOp:
+    """
+    The send record of a connection (one per connection: one send in flight).
+
+    @ivar _keep: the C{bytes} the kernel is reading, held until the final CQE.
+    @ivar ud: the user_data of the send in flight.
+    """
+
+    __slots__ = ("_final", "_keep", "ud")
+    _cqes = None  # (at most once: _final is the connection's own method)
+
+    def __init__(self, conn):
+        self._final = conn._sendDone
+        self._keep = None
+        self.ud = 0
+
+    def _more(self, res, flags):
+        pass
+
+
+class _CompletionConnection:
+    """
+    The completion-based I/O of a connected stream socket, mixed in before
+    C{tcp.Connection} (see the module docstring).
+
+    @ivar _fd: the fd under which the transport is registered in the reactor.
+    @ivar _bufs: the reactor's L{_RecvBuffers}.
+    @ivar _reading: registered for reading (listed by getReaders).
+    @ivar _writing: registered for writing (listed by getWriters).
+    @ivar _recvOp: the L{_RecvOp} armed now, or None.
+    @ivar _sendOp: this connection's L{_SendOp}, or None while no send is in flight.
+    @ivar _stash: None, or what arrived while not reading, in order: C{bytes}, then
+        possibly the reason the read side ended.
+    @ivar _readEnded: EOF or a receive error was seen: no recv is armed again.
+    @ivar _passQueued: in the reactor's end-of-pass list.
+    @ivar _logContext: the log context (C{{"system": logPrefix}}) protocol callbacks
+        run in, as C{log.callWithLogger} gives them on the other reactors.
+    """
+
+    _txuringCompletion = True
+    _fd = -1
+    _bufs = None
+    _reading = False
+    _writing = False
+    _recvOp = None
+    _sendOp = None
+    _sendRecord = None
+    _stash = None
+    _readEnded = False
+    _passQueued = False
+    _logContext = None
+
+    # ---- registration (IReactorFDSet's view) ----
+
+    def _register(self, primary):
+        reactor = self.reactor
+        if self._fd < 0:
+            self._fd = self.socket.fileno()
+            self._bufs = reactor._recvBuffers()
+        primary.add(self._fd)
+        reactor._selectables[self._fd] = self
+
+    def _unregister(self, primary, other):
+        fd = self._fd
+        primary.discard(fd)
+        selectables = self.reactor._selectables
+        if fd not in other and selectables.get(fd) is self:
+            del selectables[fd]
+
+    def startReading(self):
+        if self._reading:
+            return
+        reactor = self.reactor
+        self._register(reactor._reads)
+        self._reading = True
+        if self._logContext is None:
+            self._logContext = _logContextOf(self)
+        if self._stash:
+            self._queuePass()  # hand over what arrived while paused, first
+        if self._recvOp is None and not self._readEnded:
+            self._armRecv()
+
+    def stopReading(self):
+        if not self._reading:
+            return
+        self._reading = False
+        reactor = self.reactor
+        self._unregister(reactor._reads, reactor._writes)
+        if self._recvOp is not None:
+            self._queuePass()  # cancel the recv then, unless resumed meanwhile
+
+    def startWriting(self):
+        # (on every reply's path: _register inlined)
+        if self._writing:
+            return
+        self._writing = True
+        reactor = self.reactor
+        fd = self._fd
+        if fd < 0:
+            self._register(reactor._writes)
+        else:
+            reactor._writes.add(fd)
+            reactor._selectables[fd] = self
+        if self._logContext is None:
+            self._logContext = _logContextOf(self)
+        if not self._passQueued:
+            self._passQueued = True
+            reactor._passQueue.append(self)
+
+    def stopWriting(self):
+        # (on every reply's path: _unregister inlined)
+        if not self._writing:
+            return
+        self._writing = False
+        reactor = self.reactor
+        fd = self._fd
+        reactor._writes.discard(fd)
+        if fd not in reactor._reads:
+            selectables = reactor._selectables
+            if selectables.get(fd) is self:
+                del selectables[fd]
+
+    def _queuePass(self):
+        if not self._passQueued:
+            self._passQueued = True
+            self.reactor._passQueue.append(self)
+
+    # ---- receiving ----
+
+    def _armRecv(self, multishot=0):
+        """
+        Arm a recv. Every (re-)arm starts single-shot; a multishot recv is armed only
+        once a recv CQE said the socket's queue was empty (no
+        C{IORING_CQE_F_SOCK_NONEMPTY}, 5.19). Kernel fact (6.18): a multishot recv
+        armed on a socket whose reset or EOF came in before it was armed, with data
+        still queued, reads the data and then waits for a wakeup that never comes;
+        a single-shot recv reports the pending error, and a multishot armed on a
+        drained socket sees every later event.
+        """
+        reactor = self.reactor
+        ring = reactor.ring
+        if ring._closed or ring._forked:
+            return  # the reactor was closed (or this is a fork child): nothing to arm
+        ud = next(ring._ids)
+        op = self._recvOp = _RecvOp(self, ud)
+        ring._handles[ud] = op
+        args = (self._fd, self._bufs.gid, multishot)
+        if ring._sq.backlog or lib.txu_lean_recv(ring._r, *args, ud, 0) == _EBUSY:
+            ring._lean_queue(ud, op, lib.txu_lean_recv, args)
+
+    def _recvData(self, res, flags):
+        """A CQE with data (the hot path): copy out, hand the buffer back, deliver."""
+        bufs = self._bufs
+        bid = flags >> 16
+        data = bufs.chunks[bid][0:res]
+        bufs.pending.append(bid)  # handed back after the batch (reactor: flush)
+        if not self._reading or self._stash is not None:
+            if not self.disconnected:
+                self._stashAdd(data)
+            return
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            self.protocol.dataReceived(data)
+        except BaseException:
+            self._callbackFailed(True)
+        finally:
+            contexts.pop()
+
+    def _callbackFailed(self, isRead):
+        """A protocol callback raised: log it and drop the connection, as epoll does."""
+        why = sys.exc_info()[1]
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            log.err()
+            self.reactor._disconnectSelectable(self, why, isRead)
+        finally:
+            contexts.pop()
+
+    def _stashAdd(self, item):
+        if self._stash is None:
+            self._stash = [item]
+        else:
+            self._stash.append(item)
+
+    def _recvEnded(self, op, res, flags):
+        """The final CQE of recv C{op}."""
+        current = op is self._recvOp
+        if current:
+            self._recvOp = None
+        if res > 0:
+            # A last data CQE (single-shot recv; or the multishot stopped).
+            self._recvData(res, flags)
+        elif res == 0 or (res != _ECANCELED and res != _ENOBUFS):
+            if not self._readEnded:
+                self._readEnded = True
+                self._readEnd(_CONNECTION_DONE if res == 0 else _CONNECTION_LOST)
+            return
+        elif res == _ECANCELED:
+            return  # we cancelled it (paused, or the connection ended)
+        else:
+            self._bufs.rearmed += 1  # ENOBUFS: re-armed below
+        if (current and self._reading and self._recvOp is None and not self._readEnded
+                and not self.disconnected):
+            if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY:
+                # The socket is drained: multishot (where the kernel has it).
+                self._armRecv(self.reactor._multishotRecv)
+            elif res > 0 and self.reactor._multishotRecv:
+                # Data still queued (a stream): drain it with recv(2) here, as epoll
+                # would, so that the multishot recv starts on a drained socket.
+                self._drainDirectly()
+            else:
+                self._armRecv(0)  # ENOBUFS, or no multishot: single-shot again
+
+    #: At most this much is read by recv(2) in one _drainDirectly (then a ring recv
+    #: takes over, so that one busy stream does not hold the loop).
+    _DIRECT_BUDGET = 1 << 20
+
+    def _drainDirectly(self):
+        """
+        Read what is queued with recv(2) until the socket is empty (then arm the
+        multishot recv), the budget is spent or reading stops (then a single-shot).
+        """
+        budget = self._DIRECT_BUDGET
+        recv = self.socket.recv
+        size = self.bufferSize
+        contexts = self.reactor._logContexts
+        while budget > 0:
+            if not self._reading or self.disconnected or self._stash is not None:
+                break
+            try:
+                data = recv(size)
+            except BlockingIOError:
+                if self._reading and self._recvOp is None and not self.disconnected:
+                    self._armRecv(self.reactor._multishotRecv)
+                return
+            except OSError:
+                self._readEnded = True
+                self._readEnd(_CONNECTION_LOST)
+                return
+            if not data:
+                self._readEnded = True
+                self._readEnd(_CONNECTION_DONE)
+                return
+            budget -= len(data)
+            contexts.append(self._logContext)
+            try:
+                self.protocol.dataReceived(data)
+            except BaseException:
+                self._callbackFailed(True)
+                return
+            finally:
+                contexts.pop()
+        if self._reading and self._recvOp is None and not self.disconnected \
+                and not self._readEnded:
+            self._armRecv(0)
+
+    def _readEnd(self, why):
+        """EOF or a receive error: now if reading and nothing is stashed, else later."""
+        if self.disconnected:
+            return
+        if not self._reading or self._stash is not None:
+            self._stashAdd(why)
+            return
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            self.reactor._disconnectSelectable(self, why, True)
+        except BaseException:
+            self._callbackFailed(True)
+        finally:
+            contexts.pop()
+
+    def _deliverStash(self):
+        """Hand over what arrived while paused, in order, while still reading."""
+        stash = self._stash
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            while stash and self._reading and not self.disconnected:
+                item = stash.pop(0)
+                if isinstance(item, Exception):  # the reason the read side ended
+                    self._stash = None if not stash else stash
+                    self.reactor._disconnectSelectable(self, item, True)
+                    return
+                self._deliverStashed(item)
+        except BaseException:
+            self._callbackFailed(True)
+        finally:
+            contexts.pop()
+        if not stash:
+            self._stash = None
+
+    def _deliverStashed(self, item):
+        """Hand over one stashed arrival (C{bytes} here)."""
+        self.protocol.dataReceived(item)
+
+    # ---- sending ----
+
+    def write(self, data):
+        """
+        C{ITransport.write}: what C{tcp.Connection.write} (through TLS if started)
+        and C{FileDescriptor.write} do, in one call on the hot path.
+        """
+        if self.TLS:
+            if self.connected:
+                self.protocol.write(data)
+            return
+        if not isinstance(data, bytes):
+            raise TypeError("Data must be bytes")
+        if not self.connected or self._writeDisconnected or not data:
+            return
+        self._tempDataBuffer.append(data)
+        self._tempDataLen += len(data)
+        if self.producer is not None:
+            self._maybePauseProducer()
+        if not self._writing:
+            self.startWriting()
+
+    def doWrite(self):
+        """
+        Start the next send, at the end of a loop pass (the reactor calls this, never
+        a readiness event). Returns what C{FileDescriptor.doWrite} returns: None, or
+        the reason to disconnect.
+        """
+        if self._sendOp is not None:
+            return None  # one send in flight; its completion comes back here
+        remaining = len(self.dataBuffer) - self.offset
+        if remaining < self.SEND_LIMIT:
+            if self._tempDataBuffer:
+                if remaining > 0:
+                    self.dataBuffer = _concatenate(
+                        self.dataBuffer, self.offset, self._tempDataBuffer)
+                else:
+                    self.dataBuffer = b"".join(self._tempDataBuffer)
+                self.offset = 0
+                self._tempDataBuffer = []
+                self._tempDataLen = 0
+        data = self.dataBuffer
+        off = self.offset
+        n = len(data) - off
+        if not n:
+            return self._writeDrained()
+        reactor = self.reactor
+        if reactor._directSend:
+            try:
+                sent = self.socket.send(memoryview(data)[off:] if off else data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return _CONNECTION_LOST
+            off = self.offset = off + sent
+            n -= sent
+            if not n:
+                if not self._tempDataLen:
+                    return self._writeDrained()
+                self._queuePass()  # more behind SEND_LIMIT: next pass
+                return None
+        ring = reactor.ring
+        if ring._closed or ring._forked:
+            return _CONNECTION_LOST  # the reactor was closed: the bytes cannot go
+        op = self._sendRecord
+        if op is None:
+            op = self._sendRecord = _SendOp(self)
+        ud = op.ud = next(ring._ids)
+        op._keep = data
+        self._sendOp = op
+        ring._handles[ud] = op
+        args = (self._fd, data, off, n if n < _MAX_SEND else _MAX_SEND)
+        if ring._sq.backlog or lib.txu_lean_send(ring._r, *args, ud, 0) == _EBUSY:
+            ring._lean_queue(ud, op, lib.txu_lean_send, args)
+        return None
+
+    def _sendDone(self, res, flags):
+        """The send in flight completed: account for it; the rest goes next pass."""
+        self._sendOp._keep = None
+        self._sendOp = None
+        if self.disconnected:
+            return
+        if res < 0:
+            if res == _ECANCELED:
+                return
+            contexts = self.reactor._logContexts
+            contexts.append(self._logContext)
+            try:
+                self.reactor._disconnectSelectable(self, _CONNECTION_LOST, False)
+            finally:
+                contexts.pop()
+            return
+        self.offset += res
+        if not self._writing:
+            return  # aborted, or stopped by someone else
+        if self.offset == len(self.dataBuffer) and not self._tempDataLen:
+            # All sent and nothing written meanwhile: finish now rather than in a pass.
+            try:
+                why = self._writeDrained()
+                if why:
+                    self._lostInContext(why, False)
+            except BaseException:
+                self._callbackFailed(False)
+        else:
+            self._queuePass()
+
+    def _writeDrained(self):
+        """
+        Everything was sent: the tail of C{FileDescriptor.doWrite}; the protocol code
+        it may run (a producer resumed, writeConnectionLost) runs in the transport's
+        log context.
+        """
+        self.dataBuffer = b""
+        self.offset = 0
+        self.stopWriting()
+        if self.producer is None and not self.disconnecting and not self._writeDisconnecting:
+            return None
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            if self.producer is not None and (
+                    (not self.streamingProducer) or self.producerPaused):
+                self.producerPaused = False
+                self.producer.resumeProducing()
+            elif self.disconnecting:
+                return self._postLoseConnection()
+            elif self._writeDisconnecting:
+                self._writeDisconnected = True
+                return self._closeWriteConnection()
+            return None
+        finally:
+            contexts.pop()
+
+    def _lostInContext(self, why, isRead):
+        """Disconnect for C{why}, the protocol's callbacks in its log context."""
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            self.reactor._disconnectSelectable(self, why, isRead)
+        finally:
+            contexts.pop()
+
+    # ---- the end of a loop pass ----
+
+    def _passEnd(self):
+        """
+        Called by the reactor once per loop pass in which this connection asked for it:
+        hand over stashed data, cancel a recv the pause still wants stopped, start the
+        next send.
+        """
+        self._passQueued = False
+        if self.disconnected:
+            return
+        if self._stash and self._reading:
+            self._deliverStash()
+        if not self._reading and self._recvOp is not None:
+            op, self._recvOp = self._recvOp, None
+            self.reactor._leanCancel(op.ud)
+        if self._writing and self._sendOp is None and not self.disconnected:
+            # (doWrite itself runs no protocol code; _writeDrained and _lostInContext
+            # give what they call the transport's log context)
+            try:
+                why = self.doWrite()
+                if why:
+                    self._lostInContext(why, False)
+            except BaseException:
+                self._callbackFailed(False)
+
+    # ---- the end ----
+
+    def connectionLost(self, reason):
+        if not hasattr(self, "socket"):
+            return
+        self._cancelOps()
+        self._stash = None
+        super().connectionLost(reason)
+
+    def _cancelOps(self):
+        """Cancel the recv and the send in flight (they hold the socket's file)."""
+        reactor = self.reactor
+        if self._recvOp is not None:
+            op, self._recvOp = self._recvOp, None
+            reactor._leanCancel(op.ud)
+        if self._sendOp is not None:
+            reactor._leanCancel(self._sendOp.ud)
+
+    def _newRing(self):
+        """The reactor replaced its ring (daemon after fork): ops start over."""
+        self._recvOp = None
+        self._sendOp = None
+        self._bufs = self.reactor._recvBuffers()
+        if self._reading and not self._readEnded:
+            self._armRecv()
+        if self._writing:
+            self._queuePass()
+
+
+class Server(_CompletionConnection, tcp.Server):
+    """A connection a L{Port} accepted, on completions."""
+
+
+class _CompletionConnect:
+    """
+    The connect of an outgoing stream connection as an io_uring connect op, bounded by
+    the connector's timeout (which cancels it); mixed in before Twisted's client.
+
+    @ivar _connectHandle: the connect op's Handle while it is in flight.
+    """
+
+    _connectHandle = None
+
+    def doConnect(self):
+        if not hasattr(self, "connector"):
+            return  # stopConnecting() ran before the connect started
+        ring = self.reactor.ring
+        if self.addressFamily != socket.AF_UNIX:
+            port = self.realAddress[1]
+            if isinstance(port, int) and not 0 <= port <= 65535:
+                # What socket.connect_ex raises (and epoll's Client passes on) for it.
+                raise OverflowError("connect_ex(): port must be 0-65535.")
+        try:
+            h = ring.connect(self.socket.fileno(), self.addressFamily, self.realAddress)
+        except OSError as e:
+            self.failIfNotConnected(error.getConnectError((e.errno, os.strerror(e.errno))))
+            return
+        self._connectHandle = h
+        ring.syscall_result(h).addCallbacks(self._connectAnswered, self._connectRefused)
+
+    def _connectAnswered(self, _):
+        self._connectHandle = None
+        if self.connected or self.disconnected or not hasattr(self, "connector"):
+            return
+        log.callWithLogger(self, self._connectedNow)
+
+    def _connectedNow(self):
+        try:
+            self._connectDone()
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+            self.reactor._disconnectSelectable(self, why, False)
+
+    def _connectRefused(self, f):
+        self._connectHandle = None
+        f.trap(OSError)
+        err = f.value.errno
+        if err == errno.ECANCELED:
+            return
+        self.failIfNotConnected(error.getConnectError((err, os.strerror(err))))
+
+    def _stopReadingAndWriting(self):
+        super()._stopReadingAndWriting()
+        h = self._connectHandle
+        if h is not None:
+            self._connectHandle = None
+            self.reactor.ring._cancel_quietly(h)
+
+
+class Client(_CompletionConnection, _CompletionConnect, tcp.Client):
+    """An outgoing TCP connection, on completions."""
+
+
+class Connector(tcp.Connector):
+    """A TCP connector whose transport is a completion-based L{Client}."""
+
+    def _makeTransport(self):
+        return Client(self.host, self.port, self.bindAddress, self, self.reactor)
+
+
+class _AcceptArm:
+    """The callback of one multishot accept op; tells its port which op answered."""
+
+    __slots__ = ("port", "handle")
+
+    def __init__(self, port):
+        self.port = port
+        self.handle = None
+
+    def __call__(self, res, flags):
+        self.port._accepted(self, res, flags)
+
+
+class _CompletionPort:
+    """
+    A listening stream port whose accepts are one multishot accept op (5.19), re-armed
+    when it ends; single-shot accepts where the kernel lacks it (or when forced).
+    EMFILE/ENFILE at accept is met as Twisted's Port meets it: the reserved fd is
+    released and the waiting connections are accepted and closed.
+
+    @ivar _arm: the L{_AcceptArm} of the accept op in flight, or None.
+    @ivar _accepting: registered for reading (accepting connections).
+    @ivar _armEnded: None, or a Deferred fired when the accept op in flight ended.
+    """
+
+    _txuringCompletion = True
+    _arm = None
+    _accepting = False
+    _fd = -1
+    _armEnded = None
+
+    def startReading(self):
+        if self._accepting:
+            return
+        reactor = self.reactor
+        self._accepting = True
+        self._fd = self.socket.fileno()
+        reactor._reads.add(self._fd)
+        reactor._selectables[self._fd] = self
+        if self._arm is None:
+            self._armAccept()
+
+    def stopReading(self):
+        if not self._accepting:
+            return
+        self._accepting = False
+        reactor = self.reactor
+        reactor._reads.discard(self._fd)
+        if reactor._selectables.get(self._fd) is self:
+            del reactor._selectables[self._fd]
+        arm = self._arm
+        if arm is not None and arm.handle is not None:
+            reactor.ring._cancel_quietly(arm.handle)
+
+    def startWriting(self):
+        """A listening port never writes."""
+
+    def stopWriting(self):
+        """A listening port never writes."""
+
+    def _armAccept(self):
+        reactor = self.reactor
+        arm = self._arm = _AcceptArm(self)
+        flags = socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        if reactor._multishotAccept:
+            arm.handle = reactor.ring.accept(self._fd, flags=flags, multishot=True,
+                                             callback=arm)
+        else:
+            h = arm.handle = reactor.ring.accept(self._fd, flags=flags)
+
+            def answered(result):
+                arm(result[0], 0)
+
+            def failed(f):
+                f.trap(OSError)
+                arm(-f.value.errno, 0)
+
+            reactor.ring.syscall_result(h).addCallbacks(answered, failed)
+
+    def _accepted(self, arm, res, flags):
+        current = arm is self._arm
+        final = not flags & CQE_F_MORE
+        if final and current:
+            self._arm = None
+        if res >= 0:
+            if current and self._accepting and not self.disconnected:
+                log.callWithLogger(self, self._newConnection, res)
+            else:
+                os.close(res)  # accepted as the port stopped: nobody takes it
+        elif res in (-errno.EMFILE, -errno.ENFILE):
+            if current and self._accepting:
+                # Twisted's own recovery: release the reserved fd, accept and close
+                # the waiting connections (tcp.Port.doRead with _reservedFD).
+                self.doRead()
+        elif res != _ECANCELED:
+            log.msg("Could not accept new connection (%s)"
+                    % (errno.errorcode.get(-res, -res),))
+        if final and current:
+            if self._accepting and not self.disconnected:
+                self._armAccept()
+            elif self._armEnded is not None:
+                d, self._armEnded = self._armEnded, None
+                d.callback(None)
+
+    def _newConnection(self, fd):
+        """What tcp.Port.doRead does for one accepted socket."""
+        try:
+            skt = socket.socket(self.addressFamily, socket.SOCK_STREAM, 0, fd)
+            try:
+                addr = skt.getpeername()
+            except OSError:
+                skt.close()  # reset before we got to it
+                return
+            if self.addressFamily == socket.AF_INET6:
+                host = socket.getnameinfo(addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+                addr = tuple([host[0]] + list(addr[1:]))
+            protocol = self.factory.buildProtocol(self._buildAddr(addr))
+            if protocol is None:
+                skt.close()
+                return
+            s = self.sessionno
+            self.sessionno = s + 1
+            transport = self.transport(skt, protocol, addr, self, s, self.reactor)
+            protocol.makeConnection(transport)
+        except BaseException:
+            log.deferr()
+
+    def loseConnection(self, connDone=failure.Failure(main.CONNECTION_DONE)):
+        """
+        Stop accepting. The Deferred fires once the accept op has ended (the kernel
+        holds the listening socket until then) and the socket is closed, so the port
+        number can be bound again when it fires.
+        """
+        self.disconnecting = True
+        self.stopReading()
+        if self.connected:
+            if self._arm is not None:
+                d = self._armEnded = Deferred()
+            else:
+                d = Deferred()
+                self.reactor.callLater(0, d.callback, None)
+            self.deferred = d.addCallback(lambda _: self.connectionLost(connDone))
+            return self.deferred
+
+    stopListening = loseConnection
+
+    def _newRing(self):
+        self._arm = None
+        if self._accepting:
+            self._armAccept()
+
+
+class Port(_CompletionPort, tcp.Port):
+    """A listening TCP port on completions."""
+
+    transport = Server
