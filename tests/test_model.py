@@ -24,18 +24,27 @@ done when none are, the model then going on with a new ring), cancels across two
 callback raising KeyboardInterrupt (nothing harvested is lost). A call on a closed
 object that could crash the interpreter is made in a fork child (L{probe_in_child}).
 
+Issue 9 added the garbage collector at random points (C{gc.collect()}), and dropped
+references: reads and writes whose buffer the model drops at once (only a weak
+reference is kept: the op's Handle must keep the buffer alive until its final CQE, and
+a read's bytes are checked if it is still alive after), and ops whose Handle and
+Deferred nobody keeps (they must still complete and leave the ring).
+tests/stress/test_stress_fuzz.py runs this model long (C{TXURING_STRESS=full}).
+
 Examples: C{TXURING_MODEL_EXAMPLES} (default 30) and C{TXURING_MODEL_STEPS} (default
 40) raise the search, e.g. C{TXURING_MODEL_EXAMPLES=2000 pytest tests/test_model.py}.
 """
 
 import errno
 import faulthandler
+import gc
 import os
 import select
 import socket
 import tempfile
 import threading
 import time
+import weakref
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -106,6 +115,10 @@ def probe_in_child(calls):
                                3: "raised an error without a message"}.get(
                                    os.waitstatus_to_exitcode(status), "?")))
     return bad
+
+
+class Buffer(bytearray):
+    """A bytearray that can be weakly referenced (to see who keeps it alive)."""
 
 
 def _interrupt(res, flags):
@@ -218,6 +231,39 @@ class RingModel(RuleBasedStateMachine):
         except KeyboardInterrupt:
             assert self.interrupts_due, "a KeyboardInterrupt nobody raised"
             self.interrupts_due -= 1
+
+    # ---- issue 9: the garbage collector, dropped buffers and handles ----
+
+    @rule()
+    def collect(self):
+        gc.collect()
+
+    @rule(start=st.integers(0, FILE_SIZE - 1), size=st.integers(1, 300),
+          write=st.booleans(), seed=st.integers(0, 255))
+    def dropped_buffer(self, start, size, write, seed):
+        size = min(size, FILE_SIZE - start)
+        end = start + size
+        kinds = ("write", "read") if write else ("write",)
+        if any(op.kind in kinds and op.overlaps(start, end) for op in self._in_flight()):
+            return
+        if write:
+            data = bytes((seed + i) % 256 for i in range(size))
+            buf = Buffer(data)
+            op = self._track(Op("write", self.ring.write(self.fd, buf, start), start, data))
+        else:
+            buf = Buffer(size)
+            op = self._track(Op("read", self.ring.read(self.fd, buf, start), start,
+                                bytes(self.model[start:end])))
+            op.buf = None
+        op.weak_buf = weakref.ref(buf)
+        del buf
+        gc.collect()
+        assert op.handle.done or op.weak_buf() is not None, \
+            "the buffer of an op in flight was collected: %r" % (op.handle,)
+
+    @rule()
+    def dropped_handle(self):
+        self.ring.noop()  # neither its Handle nor a Deferred is kept by anyone
 
     # ---- issue 6: fixed buffers ----
 
@@ -460,6 +506,14 @@ class RingModel(RuleBasedStateMachine):
             assert self.sent.startswith(self.got), (bytes(self.got), bytes(self.sent))
 
     @invariant()
+    def dropped_buffers_live_while_in_flight(self):
+        for op in self.ops:
+            ref = getattr(op, "weak_buf", None)
+            if ref is not None and not op.handle.done:
+                assert ref() is not None, "a dropped buffer of %r was collected while " \
+                    "the op was in flight" % (op.handle,)
+
+    @invariant()
     def completions_are_consistent(self):
         if self.ring is None:
             return
@@ -487,7 +541,9 @@ class RingModel(RuleBasedStateMachine):
         else:
             assert outcome == 0, (h, outcome)
         if op.kind == "read" and h.result == len(op.data):
-            assert bytes(op.buf) == op.data  # the model's bytes at the time of the read
+            buf = op.buf if op.buf is not None else op.weak_buf()
+            if buf is not None:  # (a dropped one may be gone once the op is done)
+                assert bytes(buf) == op.data  # the model's bytes at the time of the read
         if op.kind == "read_fixed" and h.result == len(op.data):
             assert op.fixed_bytes == op.data
         if op.kind == "timeout":
@@ -537,6 +593,16 @@ class RingModel(RuleBasedStateMachine):
             os.close(self.poll_w)
             os.unlink(self.path)
         assert open_fds() == self.fds_before
+
+
+def model_settings(examples=None, steps=None):
+    """The model's settings: the environment's, or C{examples} and C{steps}."""
+    return settings(
+        max_examples=examples or int(os.environ.get("TXURING_MODEL_EXAMPLES", "30")),
+        stateful_step_count=steps or int(os.environ.get("TXURING_MODEL_STEPS", "40")),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 RingModel.TestCase.settings = settings(
