@@ -4,6 +4,7 @@ first merged version. Each runs a small script in a subprocess of its own (a pro
 installs its global reactor once), on the reactor named, and checks what it printed.
 """
 
+import errno
 import json
 import os
 import subprocess
@@ -396,3 +397,100 @@ def test_atomic_write_cancelled_before_the_rename_leaves_the_target(tmp_path):
         report(out)
     """, env={"TXURING_FS_THREADS": "1"})
     assert out == {"result": "CancelledError", "target": "old", "left": ["target"]}, out
+
+
+# ---- regressions added with the fixes (not findings of the review) ----
+
+
+def test_an_op_stuck_at_shutdown_is_cancelled_after_the_timeout(tmp_path):
+    """
+    Shutdown lets ops end by themselves, but not forever: a read of a FIFO nobody
+    writes is cancelled once shutdown_timeout has passed (it fails with ECANCELED),
+    the reactor stops, the ring is closed, later calls say so, and the File's close
+    still closes its fd.
+    """
+    out = run(tmp_path, """
+        fifo = os.path.join(TMP, "fifo")
+        os.mkfifo(fifo)
+        fsys = fs.FileSystem(reactor, shutdown_timeout=0.5)
+        state, out = {}, {}
+        @defer.inlineCallbacks
+        def main():
+            state["f"] = yield fsys.open(fifo, "r+b")  # (O_RDWR: no EOF, ever)
+            d = state["f"].read(10)
+            d.addCallbacks(lambda data: out.setdefault("read", data.decode()),
+                           lambda f: out.setdefault("read", "%s %s" % (
+                               type(f.value).__name__, getattr(f.value, "errno", ""))))
+            reactor.callLater(0.1, reactor.stop)
+        reactor.callWhenRunning(main)
+        reactor.run()
+        out["ring closed"] = fsys.backend is None
+        try:
+            fsys.stat(TMP)
+            out["after"] = "no error"
+        except Exception as e:
+            out["after"] = type(e).__name__
+        state["f"].close()
+        def target(n):
+            try:
+                return os.readlink("/proc/self/fd/" + n)
+            except OSError:
+                return None  # (the fd of the listing itself)
+        out["fds on the fifo"] = sum(target(n) == fifo for n in os.listdir("/proc/self/fd"))
+        report(out)
+    """)
+    # (cancelled by the ring, not by Deferred.cancel: the kernel's ECANCELED)
+    assert out == {"read": "OSError %d" % errno.ECANCELED, "ring closed": True,
+                   "after": "RingClosed",
+                   "fds on the fifo": 0}, out
+
+
+@pytest.mark.parametrize("reactor", ["epoll", "asyncio"])
+def test_a_file_closed_after_the_reactor_stopped_is_closed(tmp_path, reactor):
+    """The private ring is closed by then: File.close() falls back to os.close."""
+    out = run(tmp_path, """
+        path = os.path.join(TMP, "f")
+        open(path, "wb").write(b"x")
+        state, out = {}, {}
+        @defer.inlineCallbacks
+        def main():
+            state["f"] = yield fs.open(path, "rb")
+            reactor.stop()
+        reactor.callWhenRunning(main)
+        reactor.run()
+        fd = state["f"].fileno()
+        state["f"].close().addCallbacks(lambda _: out.setdefault("close", "ok"),
+                                        lambda f: out.setdefault("close", repr(f.value)))
+        try:
+            os.fstat(fd)
+            out["fd"] = "still open"
+        except OSError:
+            out["fd"] = "closed"
+        report(out)
+    """, reactor)
+    assert out == {"close": "ok", "fd": "closed"}, out
+
+
+def test_file_close_in_another_thread_while_closing_raises_wrongthread(tmp_path):
+    out = run(tmp_path, """
+        path = os.path.join(TMP, "f")
+        open(path, "wb").write(b"x")
+        out = {}
+        @defer.inlineCallbacks
+        def main():
+            f = yield fs.open(path, "rb")
+            d = f.close()
+            def other():
+                try:
+                    f.close()
+                    return "no error"
+                except Exception as e:
+                    return type(e).__name__
+            out["again from another thread"] = yield threads.deferToThread(other)
+            yield d
+            reactor.stop()
+        reactor.callWhenRunning(main)
+        reactor.run()
+        report(out)
+    """)
+    assert out == {"again from another thread": "WrongThread"}, out

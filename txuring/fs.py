@@ -14,8 +14,13 @@ Where the work happens (decided once per reactor, on first use, in its thread):
   - On any other reactor (epoll, poll, select, asyncio): a private L{Ring} attached with
     L{txuring.attach.RingDriver} (its eventfd watched with C{addReader}). It is made
     C{start_disabled}, so the thread that runs the reactor becomes its single issuer.
-    Before the reactor shuts down it is drained (every op cancelled and answered), then
-    detached and closed.
+    When the reactor shuts down, a "before shutdown" trigger lets the ops in flight end
+    by themselves (a Service saving its state in C{stopService} must not lose it),
+    including those started by the other "before shutdown" triggers and by callbacks
+    of ops ending meanwhile; only ops still running after C{shutdown_timeout} seconds
+    are cancelled. Then the ring is detached and closed, and later calls raise
+    L{errors.RingClosed} (no op could complete: the reactor is stopping), except
+    C{File.close()} and the fds the module closes, which fall back to C{os.close}.
   - Where io_uring cannot be used (the kernel lacks it, C{kernel.io_uring_disabled},
     a seccomp profile), or when the environment variable C{TXURING_FS_THREADS=1} asks
     for it, the same API runs each system call on the reactor's thread pool, and one
@@ -78,6 +83,10 @@ THREADS_ENV = "TXURING_FS_THREADS"
 WORKERS_ENV = "TXURING_FS_MAX_WORKERS"
 #: Default io-wq caps: enough to keep a disk queue busy, few enough for a small box.
 DEFAULT_MAX_WORKERS = (min(64, max(4, 4 * (os.cpu_count() or 1))),) * 2
+
+#: Seconds a private ring's ops in flight at reactor shutdown may take to end by
+#: themselves before they are cancelled (FileSystem's C{shutdown_timeout}).
+SHUTDOWN_TIMEOUT = 30.0
 
 #: Bytes per read or write op when a loop moves a large amount (one op moves at most
 #: MAX_RW_COUNT, a little under 2 GiB, in the kernel anyway).
@@ -159,6 +168,14 @@ def parse_mode(mode):
     return flags, readable, writable, bool(flags & os.O_APPEND)
 
 
+def _wrong_thread():
+    return WrongThread(
+        "txuring.fs calls must be made in the reactor's thread (io_uring rings and "
+        "Deferreds are not thread-safe): from another thread use "
+        "twisted.internet.threads.blockingCallFromThread(reactor, fs.read_file, path), "
+        "or reactor.callFromThread")
+
+
 def _in_reactor_thread():
     return threadable.ioThread is None or threadable.isInIOThread()
 
@@ -188,11 +205,14 @@ class ThreadOps:
 
     def __init__(self, reactor):
         self.reactor = reactor
+        #: calls started and not yet answered (a private ring's shutdown waits for them)
+        self.in_flight = 0
 
     def call(self, f, *args, release=None):
         d = Deferred(_cancel_paused)
 
         def done(ok, result):
+            self.in_flight -= 1
             if d.called:  # cancelled: nobody will take the result
                 if ok and release is not None:
                     try:
@@ -207,6 +227,7 @@ class ThreadOps:
 
         self.reactor.getThreadPool().callInThreadWithCallback(
             lambda ok, result: self.reactor.callFromThread(done, ok, result), f, *args)
+        self.in_flight += 1
         return d
 
     def open(self, path, flags, mode=0o666, resolve=0, dir_fd=None):
@@ -214,6 +235,7 @@ class ThreadOps:
                          release=os.close)
 
     def close(self, fd):
+        # (a cancel waits for the call, so the fd is closed whatever happens)
         return self.call(os.close, fd)
 
     def read(self, fd, buf, offset):
@@ -275,6 +297,49 @@ def _cancel_paused(d):
     """
     d.pause()
     d.errback(Failure(CancelledError("cancelled")))
+
+
+def _shielded(d, what):
+    """
+    A Deferred of C{d}'s outcome whose cancel does not reach C{d}: it fails with
+    CancelledError once C{d} has fired. For ops that must not be abandoned halfway
+    (a close cancelled before it ran would leave its fd open).
+    """
+    outer = Deferred(_cancel_paused)
+
+    def done(result):
+        if outer.called:  # cancelled: its CancelledError goes on now
+            if isinstance(result, Failure):
+                log.msg("txuring.fs: %s (cancelled meanwhile): %s"
+                        % (what, result.getErrorMessage()))
+            outer.unpause()
+        elif isinstance(result, Failure):
+            outer.errback(result)
+        else:
+            outer.callback(result)
+
+    d.addBoth(done)
+    return outer
+
+
+def _close_now(fd):
+    """os.close(C{fd}) as a Deferred: where no ring can close it any more."""
+    try:
+        os.close(fd)
+    except OSError as e:
+        return defer.fail(e)
+    return defer.succeed(None)
+
+
+def _close_unless_ran(failure, fd):
+    """
+    Errback of a close op: ECANCELED means the kernel cancelled it before it ran (a
+    close queued in the overflow queue, or punted to io-wq for a file with a flush
+    method, when the ring was drained at its shutdown deadline): the fd is still open.
+    """
+    if failure.check(OSError) and failure.value.errno == errno.ECANCELED:
+        return _close_now(fd)
+    return failure
 
 
 def _blocking_open(path, flags, mode, resolve, dir_fd):
@@ -378,10 +443,26 @@ class RingOps:
         return self._result(self.ring.openat2(path, flags, mode, resolve=resolve,
                                               dir_fd=dir_fd))
 
+    @property
+    def busy(self):
+        """Whether an op is queued or in flight, on the ring or on the thread pool."""
+        return self.ring.has_pending_jobs() or self.threads.in_flight > 0
+
     def close(self, fd):
+        """
+        close(2): C{fd} is closed whatever happens. A cancel of the Deferred does not
+        reach the op (it fails with CancelledError once the close has ended); where the
+        ring cannot take the op any more (closed at reactor shutdown; a fork child's
+        copy of the parent's ring), or cancelled it before it ran, os.close does it.
+        """
         if not self._has("close"):
             return self.threads.close(fd)
-        return self._result(self.ring.close(fd))
+        try:
+            handle = self.ring.close(fd)
+        except (errors.RingClosed, errors.RingForked):
+            return _close_now(fd)
+        d = self._result(handle).addErrback(_close_unless_ran, fd)
+        return _shielded(d, "closing fd %d" % (fd,))
 
     def read(self, fd, buf, offset):
         return self._result(self.ring.read(fd, buf, -1 if offset is None else offset))
@@ -471,6 +552,30 @@ def _run(coro):
     return Deferred.fromCoroutine(coro)
 
 
+def _turn(reactor):
+    """A Deferred that fires on the reactor's next turn."""
+    d = Deferred()
+    reactor.callLater(0, d.callback, None)
+    return d
+
+
+def _wait_idle(ring, ops, reactor, timeout, cancel):
+    """
+    A Deferred that fires when C{ring} has no op left (C{cancel}: after cancelling
+    them all), or after C{timeout} seconds, whichever comes first; never fails. The
+    thread-pool calls of C{ops} are waited for by polling, as they are rare (listdir,
+    readlink, ops the kernel lacks).
+    """
+    if ring.has_pending_jobs():
+        d = ring.drain(cancel=cancel)
+    else:
+        d = Deferred()
+        call = reactor.callLater(0.01, d.callback, None)
+        d.addErrback(lambda f: (call.cancel() if call.active() else None, f)[1])
+    d.addTimeout(timeout, reactor)
+    return d.addErrback(lambda f: f.trap(defer.TimeoutError, CancelledError) and None)
+
+
 class FileSystem:
     """
     The file operations, bound to one reactor. L{filesystem} gives the global
@@ -481,7 +586,8 @@ class FileSystem:
     @ivar reason: why the thread pool is used (None when io_uring is).
     """
 
-    def __init__(self, reactor=None, *, threads=None, max_workers=None, queue_depth=128):
+    def __init__(self, reactor=None, *, threads=None, max_workers=None, queue_depth=128,
+                 shutdown_timeout=SHUTDOWN_TIMEOUT):
         """
         @param threads: True to use the thread pool, False to refuse it (raise where
             io_uring is unusable), None (default): C{TXURING_FS_THREADS}, else io_uring
@@ -490,27 +596,38 @@ class FileSystem:
             C{TXURING_FS_MAX_WORKERS} or L{DEFAULT_MAX_WORKERS}; C{(0, 0)} leaves the
             kernel's limits.
         @param queue_depth: SQ size of a private ring (on a reactor other than uring).
+        @param shutdown_timeout: seconds the ops in flight on a private ring when the
+            reactor shuts down may take to end by themselves before they are cancelled.
         """
         if reactor is None:
             from twisted.internet import reactor
+        if isinstance(shutdown_timeout, bool) or not isinstance(shutdown_timeout,
+                                                                 (int, float)):
+            raise TypeError("shutdown_timeout must be a number of seconds, not %r"
+                            % (shutdown_timeout,))
+        if not 0 <= shutdown_timeout < float("inf"):
+            raise ValueError("shutdown_timeout must be >= 0 and finite, not %r"
+                             % (shutdown_timeout,))
         self.reactor = reactor
         self._threads = threads
         self._max_workers = _worker_limits(max_workers)
         self._queue_depth = queue_depth
+        self._shutdown_timeout = shutdown_timeout
         self.backend = None
         self.reason = None
         self._private_ring = None
+        self._shut_down = False  # the reactor shut down (and the private ring with it)
 
     # -- choosing the backend --
 
     def _ops(self):
         if not _in_reactor_thread():
-            raise WrongThread(
-                "txuring.fs calls must be made in the reactor's thread (io_uring rings and "
-                "Deferreds are not thread-safe): from another thread use "
-                "twisted.internet.threads.blockingCallFromThread(reactor, fs.read_file, "
-                "path), or reactor.callFromThread")
+            raise _wrong_thread()
         if self.backend is None:
+            if self._shut_down:
+                raise errors.RingClosed(
+                    "txuring.fs: the reactor has shut down and the ring of its file "
+                    "operations is closed; no file operation can complete any more")
             self.backend = self._choose()
         return self.backend
 
@@ -538,7 +655,7 @@ class FileSystem:
             from txuring.attach import RingDriver
             driver = RingDriver(ring, self.reactor)
             self._private_ring = ring
-            self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown)
+            self.reactor.addSystemEventTrigger("before", "shutdown", self._shutdown, True)
         ops = RingOps(ring, threads, driver)
         if any(self._max_workers):
             ops.apply_max_workers(self._max_workers)
@@ -550,14 +667,48 @@ class FileSystem:
                 "io_uring: %s" % (why,))
         return threads
 
+    #: Rounds of cancel-and-wait once C{shutdown_timeout} has passed, before the ring is
+    #: left open (ops cancelled that keep starting new ones: the process is exiting).
+    _CANCEL_ROUNDS = 5
+
     @defer.inlineCallbacks
-    def _shutdown(self):
-        """Before the reactor stops: let the private ring's ops end, then close it."""
+    def _shutdown(self, final=False):
+        """
+        Let the private ring's ops end, then detach and close it ("before shutdown",
+        with C{final}: later calls raise RingClosed).
+
+        The ops are not cancelled: a write made by a Service's C{stopService} (another
+        "before shutdown" trigger) must reach the disk. The ring is closed only once it
+        has been idle for a whole reactor turn: the triggers called after this one in
+        the same phase, and callbacks of ops ending now, start their ops meanwhile.
+        What still runs after C{shutdown_timeout} seconds is cancelled.
+        """
+        if final:
+            self._shut_down = True
         backend, ring = self.backend, self._private_ring
         if ring is None or ring.closed:
             return
-        if ring.active_ops:
-            yield ring.drain()
+        reactor = self.reactor
+        deadline = reactor.seconds() + self._shutdown_timeout
+        rounds = 0
+        while True:
+            yield _turn(reactor)
+            if not backend.busy:
+                break
+            left = deadline - reactor.seconds()
+            if left > 0:
+                yield _wait_idle(ring, backend, reactor, left, cancel=False)
+                continue
+            if rounds == self._CANCEL_ROUNDS:
+                log.msg("txuring.fs: %d ops still in flight on the file ring after "
+                        "cancelling them; the ring is left open" % (ring.active_ops,))
+                return
+            if rounds == 0:
+                log.msg("txuring.fs: cancelling %d file ops still in flight %s s after "
+                        "the reactor began to shut down" % (
+                            ring.active_ops, self._shutdown_timeout))
+            rounds += 1
+            yield _wait_idle(ring, backend, reactor, 1.0, cancel=True)
         backend.driver.detach()
         ring.exit()
         self.backend = None
@@ -1149,9 +1300,9 @@ class File:
             raise ValueError("I/O operation on closed file")
 
     def _check(self, readable=False, writable=False):
-        self._check_open()
         if not _in_reactor_thread():
-            self._fs._ops()  # raises WrongThread
+            raise _wrong_thread()
+        self._check_open()
         if readable and not self._readable:
             raise io.UnsupportedOperation("File not open for reading")
         if writable and not self._writable:
@@ -1295,11 +1446,12 @@ class File:
     def close(self):
         """
         Close the file once the ops in flight on it have ended: Deferred[None].
-        Idempotent; after it every other method raises ValueError.
+        Idempotent; after it every other method raises ValueError. The fd is closed
+        even when the reactor has shut down (then with os.close).
         """
+        if not _in_reactor_thread():
+            raise _wrong_thread()
         if self._closing is None:
-            if not _in_reactor_thread():
-                self._fs._ops()  # raises WrongThread
             self._closing = _run(self._close())
         d = Deferred()
         self._closing.addBoth(lambda r: (d.callback(None) if not isinstance(r, Failure)
