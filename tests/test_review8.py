@@ -494,3 +494,44 @@ def test_file_close_in_another_thread_while_closing_raises_wrongthread(tmp_path)
         report(out)
     """)
     assert out == {"again from another thread": "WrongThread"}, out
+
+
+@pytest.mark.parametrize("reactor", ["epoll", "uring"])
+def test_atomic_write_cancelled_during_its_close_on_the_ring(tmp_path, reactor):
+    """
+    The ring's close alike: a cancel reaching write_file(atomic=True) while its
+    temporary file's close is in flight does not cancel the close (the fd is closed
+    whatever happens), and stops the write before its rename.
+    """
+    out = run(tmp_path, """
+        path = os.path.join(TMP, "target")
+        open(path, "wb").write(b"old")
+        out, state = {}, {}
+        ops = fs.filesystem().ops()
+        real_close = ops.close
+        def close(fd):
+            d = real_close(fd)
+            if state.pop("arm", False):  # the temporary file's close
+                reactor.callLater(0, state["d"].cancel)  # (once the coroutine waits)
+            return d
+        ops.close = close
+        @defer.inlineCallbacks
+        def main():
+            fds = len(os.listdir("/proc/self/fd"))
+            state["arm"] = True
+            state["d"] = fs.write_file(path, b"new", atomic=True)
+            try:
+                yield state["d"]
+                out["result"] = "succeeded"
+            except defer.CancelledError:
+                out["result"] = "CancelledError"
+            out["target"] = open(path, "rb").read().decode()
+            out["left"] = sorted(os.listdir(TMP))
+            out["fds leaked"] = len(os.listdir("/proc/self/fd")) - fds
+            reactor.stop()
+        reactor.callWhenRunning(main)
+        reactor.run()
+        report(out)
+    """, reactor)
+    assert out == {"result": "CancelledError", "target": "old", "left": ["target"],
+                   "fds leaked": 0}, out

@@ -784,7 +784,9 @@ class FileSystem:
         written. With C{atomic}: a temporary file in the same directory is written,
         fsync'd, given the target's permission bits, renamed over C{path}, and the
         directory fsync'd; on any failure or cancel before the rename the temporary file
-        is removed and C{path} is untouched.
+        is removed and C{path} is untouched (the Deferred fails with CancelledError). A
+        cancel that arrives while the rename is in flight may come too late to stop it:
+        the target then holds the new data, and the Deferred fails with CancelledError.
         """
         path = _path(path)
         data = _bytes_like(data)
@@ -1071,11 +1073,13 @@ def _worker_limits(max_workers):
 
 
 async def _close(ops, fd):
-    """Close C{fd}; a cancel of the caller never leaves it open (the close goes on)."""
+    """
+    Close C{fd}, logging an error of close(2). A cancel of the caller never leaves it
+    open: the close goes on, and CancelledError is raised once it has ended, so that
+    the cancelled coroutine stops there (an atomic write must not go on to its rename).
+    """
     try:
         await ops.close(fd)
-    except CancelledError:
-        pass
     except OSError as e:
         log.msg("txuring.fs: closing fd %d: %s" % (fd, e))
 
