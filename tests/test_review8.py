@@ -535,3 +535,21 @@ def test_atomic_write_cancelled_during_its_close_on_the_ring(tmp_path, reactor):
     """, reactor)
     assert out == {"result": "CancelledError", "target": "old", "left": ["target"],
                    "fds leaked": 0}, out
+
+
+def test_atomic_write_of_a_long_non_ascii_name(tmp_path):
+    """The temporary name is cut by whole characters to fit NAME_MAX in bytes."""
+    out = run(tmp_path, """
+        out = []
+        @defer.inlineCallbacks
+        def main():
+            p = os.path.join(TMP, "\\u00e9" * 127)  # 254 bytes in UTF-8
+            yield fs.write_file(p, b"b", atomic=True)
+            out.append(open(p, "rb").read().decode())
+            out.append(sorted(os.listdir(TMP)) == [os.path.basename(p)])
+            reactor.stop()
+        reactor.callWhenRunning(main)
+        reactor.run()
+        report(out)
+    """)
+    assert out == ["b", True], out

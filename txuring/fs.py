@@ -88,6 +88,9 @@ DEFAULT_MAX_WORKERS = (min(64, max(4, 4 * (os.cpu_count() or 1))),) * 2
 #: themselves before they are cancelled (FileSystem's C{shutdown_timeout}).
 SHUTDOWN_TIMEOUT = 30.0
 
+#: The longest file name Linux filesystems take (NAME_MAX, in bytes).
+NAME_MAX = 255
+
 #: Bytes per read or write op when a loop moves a large amount (one op moves at most
 #: MAX_RW_COUNT, a little under 2 GiB, in the kernel anyway).
 CHUNK = 1 << 20
@@ -810,12 +813,8 @@ class FileSystem:
             await _close(ops, fd)
 
     async def _write_atomic(self, ops, path, data):
-        directory, base = os.path.split(path)
-        sep = b"." if isinstance(path, bytes) else "."
-        token = secrets.token_hex(6)
-        tmp = os.path.join(directory, sep + base + sep + (
-            token.encode() if isinstance(path, bytes) else token) + sep + (
-            b"tmp" if isinstance(path, bytes) else "tmp"))
+        directory = os.path.dirname(path)
+        tmp = _temp_name(path)
         try:
             mode = _stat.S_IMODE((await ops.stat(path)).st_mode)
         except FileNotFoundError:
@@ -1037,6 +1036,22 @@ def _false_on_oserror(failure):
 
 def _none(result):
     return None
+
+
+def _temp_name(path):
+    """
+    The temporary file of an atomic write of C{path}: C{.NAME.RANDOM.tmp} in the same
+    directory, NAME cut so that the whole fits NAME_MAX (a target whose name is close
+    to 255 bytes long must not make an invalid temporary name).
+    """
+    directory, base = os.path.split(path)
+    suffix = "." + secrets.token_hex(6) + ".tmp"
+    room = NAME_MAX - 1 - len(suffix)
+    if isinstance(path, bytes):
+        return os.path.join(directory, b"." + base[:room] + suffix.encode())
+    while len(os.fsencode(base)) > room:  # (cut whole characters, not UTF-8 bytes)
+        base = base[:-1]
+    return os.path.join(directory, "." + base + suffix)
 
 
 def _bytes_like(data):
