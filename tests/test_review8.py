@@ -553,3 +553,26 @@ def test_atomic_write_of_a_long_non_ascii_name(tmp_path):
         report(out)
     """)
     assert out == ["b", True], out
+
+
+def test_file_write_takes_the_data_as_it_was_at_the_call(tmp_path):
+    """File.write copies a mutable buffer as write_file does (bytes: no copy needed)."""
+    out = run(tmp_path, """
+        p = os.path.join(TMP, "out")
+        @defer.inlineCallbacks
+        def main():
+            f = yield fs.open(p, "wb")
+            ba = bytearray(b"a" * 100000)
+            d = f.write(ba)
+            ba[:] = b"b" * 100000
+            ba.extend(b"c")
+            yield d
+            yield f.write(memoryview(b"xyz")[1:])
+            yield f.close()
+            data = open(p, "rb").read()
+            report([len(data), sorted(set(data[:100000])), data[100000:].decode()])
+            reactor.stop()
+        reactor.callWhenRunning(main)
+        reactor.run()
+    """, "uring")
+    assert out == [100002, [ord("a")], "yz"], out

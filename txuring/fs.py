@@ -1055,13 +1055,26 @@ def _temp_name(path):
 
 
 def _bytes_like(data):
+    """
+    C{data} as a memoryview of bytes that nobody can change any more, as Python's
+    C{file.write} takes it: bytes (and C-contiguous memoryviews of bytes) are used as
+    they are, without a copy; any other buffer (bytearray, array, mmap, a memoryview
+    of one) is copied at the call, so that changing it afterwards does not change what
+    is written, and it can be resized at once (no buffer export is kept on it).
+    """
+    if type(data) is bytes:
+        return memoryview(data)
     if isinstance(data, str):
         raise TypeError("data must be bytes-like, not str (encode it first)")
     try:
-        return memoryview(data).cast("B")
+        view = memoryview(data)
     except TypeError:
         raise TypeError("data must be bytes-like (bytes, bytearray, memoryview), not %s"
                         % (type(data).__name__,)) from None
+    with view:
+        if isinstance(view.obj, bytes) and view.c_contiguous:
+            return view.cast("B")  # immutable: no copy
+        return memoryview(view.tobytes())
 
 
 def _worker_limits(max_workers):
