@@ -576,3 +576,18 @@ def test_file_write_takes_the_data_as_it_was_at_the_call(tmp_path):
         reactor.run()
     """, "uring")
     assert out == [100002, [ord("a")], "yz"], out
+
+
+def test_suffix_ranges_match_rfc_9110(tmp_path):
+    """A suffix within the file as before; an empty file's suffix is unsatisfiable."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "f.txt").write_bytes(b"0123456789")
+    (tmp_path / "site" / "empty.txt").write_bytes(b"")
+    out = _site_run(tmp_path, """
+        return [get(port, "/f.txt", headers={"Range": "bytes=-3"}),
+                get(port, "/f.txt", headers={"Range": "bytes=-10"}),
+                get(port, "/empty.txt", headers={"Range": "bytes=-5"})[0]]
+    """)
+    assert out[0] == [206, None, "789"], out
+    assert out[1] == [206, None, "0123456789"], out
+    assert out[2] == 416, out

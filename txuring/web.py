@@ -77,6 +77,18 @@ class _Ranges:
     def getFileSize(self):
         return self.size
 
+    def _rangeToOffsetAndSize(self, start, end):
+        """
+        static.File's, except for a suffix range longer than the file: RFC 9110
+        14.1.2 says it selects the whole representation (static.File computes a
+        negative offset there).
+        """
+        if start is None and end is not None and end > self.size:
+            start, end = 0, self.size - 1
+            if self.size == 0:
+                return 0, 0
+        return static.File._rangeToOffsetAndSize(self, start, end)
+
     def parts(self, request):
         """
         Set the status and content headers; return the body as C{[(prefix, offset,
@@ -235,7 +247,9 @@ class Directory(resource.Resource):
             if name in ("", ".", "..") or "/" in name or "\0" in name:
                 return self._error(request, self.childNotFound)
             names.append(name)
-        trailing_slash = not segments or segments[-1] == b""
+        # (mounted with putChild, the resource's own URL without its slash comes with
+        # no segment at all; at a site's root "/" is one empty segment)
+        trailing_slash = bool(segments) and segments[-1] == b""
         ops = self._fs().ops()
         root = await self._root(ops)
         rel = "/".join(names) or "."
@@ -244,13 +258,18 @@ class Directory(resource.Resource):
             return self._error(request, st)
         try:
             if _stat.S_ISDIR(st.st_mode):
-                if names and not trailing_slash:
+                if not trailing_slash:
+                    # As static.File: relative links in the page need the slash.
                     request.write(redirectTo(static._addSlash(request), request))
                     request.finish()
                     return
                 fd, st, rel = await self._index(ops, root, rel, fd, request)
                 if fd is None:
                     return
+            elif trailing_slash:
+                # A file is no directory: "f.txt/" is not found (static.File: 404,
+                # open("f.txt/"): ENOTDIR).
+                return self._error(request, self.childNotFound)
             if not _stat.S_ISREG(st.st_mode):
                 return self._error(request, self.childNotFound)
             fd = await self._send(ops, request, fd, st, os.path.basename(rel))
