@@ -591,3 +591,19 @@ def test_suffix_ranges_match_rfc_9110(tmp_path):
     assert out[0] == [206, None, "789"], out
     assert out[1] == [206, None, "0123456789"], out
     assert out[2] == 416, out
+
+
+def test_listing_follows_symlinks_inside_the_root(tmp_path):
+    """A link to a file or directory inside the root is listed as its target."""
+    site = tmp_path / "site"
+    (site / "sub").mkdir(parents=True)
+    (site / "data.bin").write_bytes(b"d" * 12345)
+    (site / "alias.bin").symlink_to("data.bin")
+    (site / "subdir").symlink_to("sub")
+    (site / "dangling").symlink_to("nothing")
+    out = _site_run(tmp_path, """
+        return get(port, "/")[2]
+    """, "Directory(os.path.join(TMP, 'site'), listing=True)")
+    assert out.count("12K") == 2, out  # data.bin and the link to it
+    assert 'href="subdir/"' in out and 'href="sub/"' in out, out
+    assert "dangling" not in out, out

@@ -309,10 +309,9 @@ class Directory(resource.Resource):
             names = sorted(await ops.listdir(dir_fd))
             stats = {}
             for name in names:
-                try:
-                    stats[name] = await ops.stat(name, dir_fd=dir_fd)
-                except OSError:
-                    pass
+                st = await self._listed_stat(ops, root, rel, dir_fd, name)
+                if st is not None:
+                    stats[name] = st
         finally:
             await txfs._close(ops, dir_fd)
         lister = _Lister(os.path.join(self.path, rel), names, stats,
@@ -324,6 +323,30 @@ class Directory(resource.Resource):
         request.write(body)
         request.finish()
         return None, None, None
+
+    async def _listed_stat(self, ops, root, rel, dir_fd, name):
+        """
+        The stat a listing shows for entry C{name} of directory C{rel}, or None to
+        leave the entry out. A symlink is followed only as a request would be: beneath
+        the root unless symlinks may escape, so that a listing never shows the type
+        and size of what lies outside (such a link is a 404 anyway).
+        """
+        try:
+            st = await ops.stat(name, False, dir_fd)
+        except OSError:
+            return None
+        if not _stat.S_ISLNK(st.st_mode):
+            return st
+        if self.allow_symlink_escape:
+            try:
+                return await ops.stat(name, True, dir_fd)
+            except OSError:
+                return None
+        fd, st = await self._open(ops, root, os.path.join(rel, name), os.O_PATH)
+        if fd is None:
+            return None
+        await txfs._close(ops, fd)
+        return st
 
     async def _send(self, ops, request, fd, st, name):
         """
