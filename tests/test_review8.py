@@ -607,3 +607,16 @@ def test_listing_follows_symlinks_inside_the_root(tmp_path):
     assert out.count("12K") == 2, out  # data.bin and the link to it
     assert 'href="subdir/"' in out and 'href="sub/"' in out, out
     assert "dangling" not in out, out
+
+
+def test_a_missing_root_is_not_found_until_it_appears(tmp_path):
+    out = _site_run(tmp_path, """
+        first = get(port, "/v.txt")[0]
+        os.mkdir(os.path.join(TMP, "site"))
+        open(os.path.join(TMP, "site", "v.txt"), "w").write("here")
+        second = get(port, "/v.txt")
+        os.rename(os.path.join(TMP, "site"), os.path.join(TMP, "gone"))
+        third = get(port, "/v.txt")[0]
+        return [first, second[0], second[2], third]
+    """)
+    assert out == [404, 200, "here", 404], out

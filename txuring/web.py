@@ -175,16 +175,25 @@ class Directory(resource.Resource):
             raise ValueError("chunk_size must be an int from 1 to 16 MiB")
         self.chunk_size = chunk_size
         self._filesystem = filesystem
-        self._root_fd = None  # an O_PATH fd of the root, opened at the first request
+        self._root = None  # the _Root of self.path, opened at the first request
 
     def __repr__(self):
         return "<txuring.web.Directory %r>" % (self.path,)
 
     def close(self):
-        """Close the root directory's fd (reopened by the next request, if any)."""
-        fd, self._root_fd = self._root_fd, None
-        if fd is not None:
-            os.close(fd)
+        """
+        Close the root directory's fd (once the requests using it are done); the next
+        request opens it again.
+        """
+        self._retire(self._root)
+
+    def _retire(self, root):
+        """C{root} is no longer the root: new requests open C{self.path} again."""
+        if root is None:
+            return
+        if self._root is root:
+            self._root = None
+        root.retire()
 
     def _resolve_flags(self):
         if self.allow_symlink_escape:
@@ -226,14 +235,73 @@ class Directory(resource.Resource):
             self._filesystem = txfs.filesystem()
         return self._filesystem
 
-    async def _root(self, ops):
-        if self._root_fd is None:
-            fd = await ops.open(self.path, os.O_PATH | os.O_DIRECTORY)
-            if self._root_fd is None:
-                self._root_fd = fd
+    async def _current_root(self, ops):
+        """
+        The L{_Root} of C{self.path} (acquired: the caller releases it), opened at the
+        first request and after the path was found to name another directory; None
+        when C{self.path} names no directory.
+        """
+        root = self._root
+        if root is None:
+            try:
+                fd = await ops.open(self.path, os.O_PATH | os.O_DIRECTORY)
+            except OSError as e:
+                if e.errno in _NOT_FOUND:
+                    return None
+                raise
+            try:
+                st = await ops.fstat(fd)
+            except BaseException:
+                os.close(fd)  # (an O_PATH fd: its close never blocks)
+                raise
+            if self._root is None:
+                self._root = _Root(fd, st)
             else:
                 os.close(fd)  # another request opened it meanwhile
-        return self._root_fd
+            root = self._root
+        return root.acquire()
+
+    async def _open_in_root(self, ops, rel):
+        """
+        C{(root, fd, stat)} of C{rel} under the root, or C{(root, None, the error page)}
+        (root None when the root itself is missing); the caller releases C{root}.
+
+        The root's fd is cached, but a deploy may swap the directory (rename the old
+        tree away and a new one in, or repoint a symlink), and static.File serves what
+        the path names now: so the root's path is stat'ed alongside every open (one
+        more op, in parallel), and when it names another directory than the cached
+        fd's, the fd is replaced and the open made again.
+        """
+        for _ in range(3):
+            root = await self._current_root(ops)
+            if root is None:
+                return None, None, self.childNotFound
+            check = ops.stat(self.path)
+            try:
+                fd, st = await self._open(ops, root.fd, rel)
+            except BaseException:
+                check.addErrback(lambda _: None)
+                check.cancel()
+                root.release()
+                raise
+            try:
+                now = await check
+            except BaseException as e:
+                if fd is not None:
+                    await txfs._close(ops, fd)
+                root.release()
+                if isinstance(e, OSError) and e.errno in _NOT_FOUND:
+                    self._retire(root)
+                    return None, None, self.childNotFound
+                raise
+            if (now.st_dev, now.st_ino) == root.key:
+                return root, fd, st
+            if fd is not None:
+                await txfs._close(ops, fd)
+            root.release()
+            self._retire(root)
+        raise OSError(errno.EAGAIN, "the root directory %r kept being replaced while a "
+                      "request was served" % (self.path,))
 
     async def _serve(self, request, segments):
         names = []
@@ -251,19 +319,18 @@ class Directory(resource.Resource):
         # no segment at all; at a site's root "/" is one empty segment)
         trailing_slash = bool(segments) and segments[-1] == b""
         ops = self._fs().ops()
-        root = await self._root(ops)
         rel = "/".join(names) or "."
-        fd, st = await self._open(ops, root, rel)
-        if fd is None:
-            return self._error(request, st)
+        root, fd, st = await self._open_in_root(ops, rel)
         try:
+            if fd is None:
+                return self._error(request, st)
             if _stat.S_ISDIR(st.st_mode):
                 if not trailing_slash:
                     # As static.File: relative links in the page need the slash.
                     request.write(redirectTo(static._addSlash(request), request))
                     request.finish()
                     return
-                fd, st, rel = await self._index(ops, root, rel, fd, request)
+                fd, st, rel = await self._index(ops, root.fd, rel, fd, request)
                 if fd is None:
                     return
             elif trailing_slash:
@@ -277,6 +344,8 @@ class Directory(resource.Resource):
             if fd is not None:
                 # Not waited for: the response does not depend on it.
                 ops.close(fd).addErrback(log.err, "txuring.web: closing a file")
+            if root is not None:
+                root.release()
 
     async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK):
         """(fd, stat), or (None, the error resource) for the client."""
@@ -389,6 +458,41 @@ class Directory(resource.Resource):
         request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
+
+
+class _Root:
+    """
+    The root directory's O_PATH fd, shared by the requests under way. Once replaced
+    (the path names another directory now) it is closed when the last of them is
+    done: an open in flight resolves its path under the fd's number, which must not
+    name another file meanwhile.
+
+    @ivar fd: the O_PATH fd.
+    @ivar key: C{(st_dev, st_ino)} of the directory it is.
+    """
+
+    def __init__(self, fd, st):
+        self.fd = fd
+        self.key = (st.st_dev, st.st_ino)
+        self._users = 0
+        self._retired = False
+
+    def acquire(self):
+        self._users += 1
+        return self
+
+    def release(self):
+        self._users -= 1
+        self._close_if_done()
+
+    def retire(self):
+        self._retired = True
+        self._close_if_done()
+
+    def _close_if_done(self):
+        if self._retired and self._users == 0 and self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)  # (an O_PATH fd: its close never blocks)
 
 
 @implementer(IPushProducer)
