@@ -40,7 +40,10 @@ Deferred's errbacks run only after the kernel let go of the op's buffers (see
 L{txuring.handle}), and the coroutine behind it closes what it opened (fds, pipes) and
 removes what it made (the temporary file of an atomic write) before the Deferred fails
 with C{CancelledError}. On the thread pool a running call cannot be interrupted: the
-cancel takes effect when it returns, and an fd it opened is closed.
+cancel takes effect when it returns, and an fd it opened is closed. A close is never
+cancelled (a close cancelled before it ran would leave its fd open): a cancel arriving
+meanwhile is raised once the fd is closed. Buffers handed to a write are copied at the
+call unless they are bytes (immutable), as Python's C{file.write} takes them.
 
 io-wq: the kernel starts a worker thread per blocked file op (statx, open, unlink,
 mkdir and rename always run there; reads that miss the page cache too), up to

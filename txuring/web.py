@@ -11,7 +11,11 @@ What matches static.File (tested side by side in tests/fs_suite/test_web.py): co
 types and encodings (its tables and C{getTypeAndEncoding}), C{Accept-Ranges}, single
 and multiple byte ranges (its own range parsing and multipart framing, reused),
 C{If-Modified-Since} / 304 and C{Last-Modified}, HEAD, index files, the redirect of a
-directory URL without its trailing slash, 404 and 403 pages.
+directory URL without its trailing slash (the resource's own URL too, when mounted
+with C{putChild}), a 404 for a file URL with a trailing slash, 404 and 403 pages, and
+the tree the path names now: the root's fd is cached, but checked against its path on
+every request (a stat in parallel with the open), so a directory swapped by a deploy
+is served from the new tree.
 
 What differs, on purpose:
   - Directory listings are off by default (C{listing=True} turns them on; static.File
@@ -23,6 +27,12 @@ What differs, on purpose:
     symlink rule (C{..} segments are still refused).
   - Only regular files and directories are served (a FIFO or a device is a 404), and
     files are opened with O_NONBLOCK so that nothing can hold a worker forever.
+  - A listing shows a symlink as its target only where a request could follow it
+    (beneath the root, unless C{allow_symlink_escape}); one leading out is left out.
+  - A suffix range longer than the file selects all of it (RFC 9110 14.1.2);
+    static.File computes a negative offset and fails the request.
+  - A 304 carries no Content-Length (static.File sends 0, which RFC 9110 8.6 forbids
+    unless the body would be empty).
   - No C{processors} (.rpy scripts) and no C{ignoredExts}.
 
 Streaming: L{FileProducer} is a push producer: one chunk read at a time, written, the
