@@ -424,6 +424,12 @@ def test_bad_arguments_raise_at_the_call(fs, tmp_path):
         txfs.FileSystem(max_workers=(1,))
     with pytest.raises(ValueError):
         txfs.FileSystem(max_workers=(-1, 2))
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            txfs.FileSystem(shutdown_timeout=bad)
+    for bad in ("5", None, True):
+        with pytest.raises(TypeError):
+            txfs.FileSystem(shutdown_timeout=bad)
     assert not os.listdir(tmp_path)
 
 
