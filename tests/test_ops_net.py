@@ -599,6 +599,46 @@ def test_linked_chain_failure_cancels_the_rest(ring, tmp_path):
         ring.link_timeout(1)  # outside linked()
 
 
+
+@pytest_twisted.inlineCallbacks
+def test_hard_linked_chain_runs_on_after_a_failure(ring, tmp_path):
+    """
+    linked(hard=True): IOSQE_IO_HARDLINK; a short read (a failure to a soft link)
+    and an error both leave the next op to run: a read then the close of its fd.
+    """
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    fd = os.open(path, os.O_RDONLY)
+    buf = bytearray(10)
+    with ring.linked(hard=True):
+        r = ring.read(fd, buf, 0)  # short: 3 of 10
+        c = ring.close(fd)
+    assert (yield ring.syscall_result(r)) == 3 and buf[:3] == b"abc"
+    assert (yield ring.syscall_result(c)) == 0
+    with pytest.raises(OSError) as info:
+        os.fstat(fd)
+    assert info.value.errno == errno.EBADF  # the close ran
+    # After an error too (the soft chain would cancel the noop):
+    with ring.linked(hard=True):
+        bad = ring.openat2(tmp_path / "missing")
+        after = ring.noop()
+    with pytest.raises(FileNotFoundError):
+        yield ring.syscall_result(bad)
+    assert (yield ring.syscall_result(after)) == 0
+    # The same short read in a soft chain cancels what follows it.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with ring.linked():
+            r = ring.read(fd, buf, 0)
+            after = ring.noop()
+        assert (yield ring.syscall_result(r)) == 3
+        with pytest.raises(OSError) as info:
+            yield ring.syscall_result(after)
+        assert info.value.errno == errno.ECANCELED
+    finally:
+        os.close(fd)
+
+
 # ---- cancellation ----
 
 

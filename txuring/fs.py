@@ -256,6 +256,9 @@ class ThreadOps:
     def fstat(self, fd):
         return self.call(_blocking_fstat, fd)
 
+    def fstat_read(self, fd, buf):
+        return self.call(_blocking_fstat_read, fd, buf)
+
     def fsync(self, fd, datasync=False):
         return self.call(os.fdatasync if datasync else os.fsync, fd)
 
@@ -391,6 +394,15 @@ def _blocking_fstat(fd):
     return _stat_of(os.fstat(fd))
 
 
+def _blocking_fstat_read(fd, buf):
+    st = _blocking_fstat(fd)
+    try:
+        n = os.preadv(fd, [buf], 0)
+    except OSError:
+        n = None
+    return st, n
+
+
 _libc = None
 _SYS_openat2 = 437  # the same number on every architecture (5.6)
 
@@ -486,6 +498,21 @@ class RingOps:
         if not self._has("statx"):
             return self.threads.fstat(fd)
         return self._result(self.ring.fstat(fd))
+
+    def fstat_read(self, fd, buf):
+        """
+        Deferred[(stat, n)]: the fstat of C{fd}, and a read into C{buf} from offset 0
+        (C{n} bytes, or None if the read failed, a directory's EISDIR for example).
+        One trip instead of two: a statx linked to the read (IOSQE_IO_LINK), so the
+        read starts once the stat is done and a failed stat cancels it. Servers of
+        small files get a file's metadata and contents together.
+        """
+        if not self._has("statx"):
+            return self.threads.fstat_read(fd, buf)
+        with self.ring.linked():
+            stat_h = self.ring.fstat(fd)
+            read_h = self.ring.read(fd, buf, 0)
+        return _stat_and_read(self._result(stat_h), self._result(read_h))
 
     def fsync(self, fd, datasync=False):
         return self._result(self.ring.fsync(fd, datasync=datasync))
@@ -1101,6 +1128,29 @@ def _worker_limits(max_workers):
             raise ValueError("io-wq worker caps must be ints from 0 to 65536, not %r"
                              % (max_workers,))
     return bounded, unbounded
+
+
+def _stat_and_read(stat_d, read_d):
+    """The Deferred of L{RingOps.fstat_read}, fired once both ops have ended."""
+    out = Deferred(lambda _: (stat_d.cancel(), read_d.cancel()))
+    results = {}
+
+    def ended(result, which):
+        results[which] = result
+        if len(results) < 2 or out.called:
+            return None
+        st, n = results["stat"], results["read"]
+        if isinstance(st, Failure):
+            out.errback(st)
+        elif isinstance(n, Failure) and not n.check(OSError):
+            out.errback(n)  # a cancel, or an exception of ours: not "no data"
+        else:
+            out.callback((st, None if isinstance(n, Failure) else n))
+        return None
+
+    stat_d.addBoth(ended, "stat")
+    read_d.addBoth(ended, "read")
+    return out
 
 
 async def _close(ops, fd):

@@ -453,18 +453,22 @@ class Ring(Operations):
                              "it" % (handle,))
         return handle
 
-    def linked(self):
+    def linked(self, *, hard=False):
         """
         A context manager: the ops started inside it form one chain
         (C{IOSQE_IO_LINK}, 5.3): each starts only after the previous one succeeded,
-        and a failure cancels the rest with ECANCELED. A L{link_timeout} in the chain
-        bounds the op before it. The chain enters the SQ whole, never split.
+        and a failure (a short read or write counts as one) cancels the rest with
+        ECANCELED. A L{link_timeout} in the chain bounds the op before it. The chain
+        enters the SQ whole, never split.
 
             with ring.linked():
                 h = ring.read(fd, buf)
                 ring.link_timeout(1.0)
+
+        With C{hard=True} (C{IOSQE_IO_HARDLINK}, 5.5) each op still waits for the one
+        before, but runs whatever its result: a read then the close of its fd.
         """
-        return _Chain(self)
+        return _Chain(self, hard)
 
     @property
     def _linking(self):
@@ -823,13 +827,14 @@ class _LeanQueued:
 class _Chain:
     """The context manager of L{Ring.linked}."""
 
-    def __init__(self, ring):
+    def __init__(self, ring, hard):
         self._ring = ring
+        self._hard = bool(hard)
 
     def __enter__(self):
         ring = self._ring
         ring._check_usable()
-        ring._sq.begin_chain()
+        ring._sq.begin_chain(self._hard)
         return self
 
     def __exit__(self, exc_type, exc, tb):

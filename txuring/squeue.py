@@ -31,6 +31,7 @@ from txuring._core import lib
 from txuring.handle import QUEUED, SUBMITTED
 
 IOSQE_IO_LINK = 1 << 2  # 5.3: the next SQE starts only after this one succeeded
+IOSQE_IO_HARDLINK = 1 << 3  # 5.5: the next SQE starts after this one, whatever its result
 
 
 class QueuedOp:
@@ -59,12 +60,15 @@ class QueuedChain:
     A linked chain waiting for room for all of its SQEs at once.
 
     @ivar ops: its L{QueuedOp}s, in chain order.
+    @ivar link: the SQE flag joining each op to the next: C{IOSQE_IO_LINK}, or
+        C{IOSQE_IO_HARDLINK} for a chain whose ops run whatever the earlier ones gave.
     """
 
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "link")
 
-    def __init__(self, ops):
+    def __init__(self, ops, link=IOSQE_IO_LINK):
         self.ops = ops
+        self.link = link
 
     @property
     def handles(self):
@@ -92,6 +96,7 @@ class SubmissionQueue:
         self._handles = handles
         self.backlog = deque()
         self.chain = None
+        self._chain_link = IOSQE_IO_LINK  # the link flag of the chain being built
         self.backlogged = 0
 
     def __len__(self):
@@ -158,7 +163,7 @@ class SubmissionQueue:
         backlog = self.backlog
         while backlog:
             entry = backlog[0]
-            done = self._prep_chain(entry.ops) if isinstance(entry, QueuedChain) else \
+            done = self._prep_chain(entry) if isinstance(entry, QueuedChain) else \
                 self._prep_one(entry)
             if done is False:
                 return  # the SQ is full
@@ -189,22 +194,24 @@ class SubmissionQueue:
         handle.state = SUBMITTED
         return True
 
-    def _prep_chain(self, ops):
+    def _prep_chain(self, chain):
         """Prepare all of a chain's SQEs, or none; False if the SQ lacks room."""
         r = self._r
+        ops = chain.ops
         if lib.txu_sq_space(r) < len(ops):
             return False
         last = len(ops) - 1
         tail = r.sqe_tail
         try:
             for i, op in enumerate(ops):
-                op.prep(r, *op.args, op.handle.user_data, IOSQE_IO_LINK if i < last else 0)
+                op.prep(r, *op.args, op.handle.user_data, chain.link if i < last else 0)
         except (TypeError, ValueError, OverflowError):
             log.err(None, "preparing %s, op %d of a linked chain" % (op.handle.op, i))
             lib.txu_sq_rollback(r, r.sqe_tail - tail)  # un-prepare it, links and all
             self.backlog.popleft()
             # As the kernel ends a chain whose op fails: that op with its error, the
-            # rest with ECANCELED.
+            # rest with ECANCELED (a hard chain too: its later ops never reached the
+            # kernel, and their callers hear that they did not run).
             self._end([op.handle], -errno.EINVAL)
             self._end([o.handle for o in ops if o is not op], -errno.ECANCELED)
             return None
@@ -224,10 +231,11 @@ class SubmissionQueue:
 
     # ---- chains ----
 
-    def begin_chain(self):
+    def begin_chain(self, hard=False):
         if self.chain is not None:
             raise RuntimeError("ring.linked() chains cannot be nested")
         self.chain = []
+        self._chain_link = IOSQE_IO_HARDLINK if hard else IOSQE_IO_LINK
 
     def end_chain(self, failed, max_len):
         """
@@ -249,7 +257,7 @@ class SubmissionQueue:
         for op in ops:
             self._handles[op.handle.user_data] = op.handle
             op.handle.state = QUEUED
-        self.backlog.append(QueuedChain(ops))
+        self.backlog.append(QueuedChain(ops, self._chain_link))
         return True
 
     def unlinked(self, push, *args):

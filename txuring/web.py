@@ -285,10 +285,10 @@ class Directory(resource.Resource):
         for _ in range(3):
             root = await self._current_root(ops)
             if root is None:
-                return None, None, self.childNotFound
+                return None, None, self.childNotFound, None
             check = ops.stat(self.path)
             try:
-                fd, st = await self._open(ops, root.fd, rel)
+                fd, st, head = await self._open(ops, root.fd, rel)
             except BaseException:
                 check.addErrback(lambda _: None)
                 check.cancel()
@@ -302,10 +302,10 @@ class Directory(resource.Resource):
                 root.release()
                 if isinstance(e, OSError) and e.errno in _NOT_FOUND:
                     self._retire(root)
-                    return None, None, self.childNotFound
+                    return None, None, self.childNotFound, None
                 raise
             if (now.st_dev, now.st_ino) == root.key:
-                return root, fd, st
+                return root, fd, st, head
             if fd is not None:
                 await txfs._close(ops, fd)
             root.release()
@@ -330,7 +330,7 @@ class Directory(resource.Resource):
         trailing_slash = bool(segments) and segments[-1] == b""
         ops = self._fs().ops()
         rel = "/".join(names) or "."
-        root, fd, st = await self._open_in_root(ops, rel)
+        root, fd, st, head = await self._open_in_root(ops, rel)
         try:
             if fd is None:
                 return self._error(request, st)
@@ -340,7 +340,7 @@ class Directory(resource.Resource):
                     request.write(redirectTo(static._addSlash(request), request))
                     request.finish()
                     return
-                fd, st, rel = await self._index(ops, root.fd, rel, fd, request)
+                fd, st, head, rel = await self._index(ops, root.fd, rel, fd, request)
                 if fd is None:
                     return
             elif trailing_slash:
@@ -349,7 +349,7 @@ class Directory(resource.Resource):
                 return self._error(request, self.childNotFound)
             if not _stat.S_ISREG(st.st_mode):
                 return self._error(request, self.childNotFound)
-            fd = await self._send(ops, request, fd, st, os.path.basename(rel))
+            fd = await self._send(ops, request, fd, st, head, os.path.basename(rel))
         finally:
             if fd is not None:
                 # Not waited for: the response does not depend on it.
@@ -358,32 +358,46 @@ class Directory(resource.Resource):
                 root.release()
 
     async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK):
-        """(fd, stat), or (None, the error resource) for the client."""
+        """
+        (fd, stat, head), or (None, the error resource, None) for the client. C{head}
+        is the file's first L{CHUNK} bytes (None for what is not a regular file): the
+        fstat and that read go in together (L{txuring.fs.RingOps.fstat_read}), so a
+        small file costs two trips through the reactor (open; stat and read) and its
+        close is not waited for.
+        """
         try:
             fd = await ops.open(rel, flags, 0, resolve=self._resolve_flags(), dir_fd=root)
         except OSError as e:
             if e.errno in _NOT_FOUND:
-                return None, self.childNotFound
+                return None, self.childNotFound, None
             if e.errno in _FORBIDDEN:
-                return None, self.forbidden
+                return None, self.forbidden, None
             raise
+        buf = None if flags & os.O_PATH else bytearray(self.chunk_size)
         try:
-            return fd, await ops.fstat(fd)
+            if buf is None:  # (an O_PATH fd cannot be read)
+                st, n = await ops.fstat(fd), None
+            else:
+                st, n = await ops.fstat_read(fd, buf)
         except BaseException:
             await txfs._close(ops, fd)
             raise
+        if n is None or not _stat.S_ISREG(st.st_mode):
+            return fd, st, None
+        del buf[n:]
+        return fd, st, buf
 
     async def _index(self, ops, root, rel, dir_fd, request):
         """The index file of directory C{rel} (fd, stat, path), or a listing / 403."""
         for name in self.indexNames:
-            fd, st = await self._open(ops, root, os.path.join(rel, name))
+            fd, st, head = await self._open(ops, root, os.path.join(rel, name))
             if fd is not None:
                 await txfs._close(ops, dir_fd)
-                return fd, st, os.path.join(rel, name)
+                return fd, st, head, os.path.join(rel, name)
         if not self.listing:
             await txfs._close(ops, dir_fd)
             self._error(request, self.forbidden)
-            return None, None, None
+            return None, None, None, None
         try:
             names = sorted(await ops.listdir(dir_fd))
             stats = {}
@@ -401,7 +415,7 @@ class Directory(resource.Resource):
         request.setHeader(b"content-length", b"%d" % (len(body),))
         request.write(body)
         request.finish()
-        return None, None, None
+        return None, None, None, None
 
     async def _listed_stat(self, ops, root, rel, dir_fd, name):
         """
@@ -421,16 +435,17 @@ class Directory(resource.Resource):
                 return await ops.stat(name, True, dir_fd)
             except OSError:
                 return None
-        fd, st = await self._open(ops, root, os.path.join(rel, name), os.O_PATH)
+        fd, st, _ = await self._open(ops, root, os.path.join(rel, name), os.O_PATH)
         if fd is None:
             return None
         await txfs._close(ops, fd)
         return st
 
-    async def _send(self, ops, request, fd, st, name):
+    async def _send(self, ops, request, fd, st, head, name):
         """
-        Headers, then the body by a L{FileProducer}, which takes over C{fd}.
-        Returns the fd if it is still the caller's to close, else None.
+        Headers, then the body: from C{head} (the file's first bytes, read with its
+        stat) when it holds it, else by reads, or by a L{FileProducer}, which takes
+        over C{fd}. Returns the fd if it is still the caller's to close, else None.
         """
         type_, encoding = static.getTypeAndEncoding(
             name, self.contentTypes, self.contentEncodings, self.defaultType)
@@ -450,6 +465,10 @@ class Directory(resource.Resource):
         if len(parts) == 1 and parts[0][2] <= self.chunk_size:
             # A small body: one read (or a few), one write, no producer.
             _, offset, size = parts[0]
+            if head is not None and offset + size <= len(head):
+                request.write(bytes(memoryview(head)[offset:offset + size]))
+                request.finish()
+                return fd
             buf = bytearray(size)
             got = 0
             while got < size:

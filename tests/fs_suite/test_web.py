@@ -81,6 +81,9 @@ def site(tmp_path):
     (root / "empty.txt").write_bytes(b"")
     big = os.urandom(300 * 1024 + 17)
     (root / "big.bin").write_bytes(big)
+    # At and just past the first read that comes with the stat (web.CHUNK bytes):
+    (root / "edge.bin").write_bytes(os.urandom(web.CHUNK))
+    (root / "edge1.bin").write_bytes(os.urandom(web.CHUNK + 1))
     (root / "sub").mkdir()
     (root / "sub" / "index.html").write_bytes(b"<h1>index</h1>")
     (root / "sub" / "x.css").write_bytes(b"p{}")
@@ -117,7 +120,7 @@ def _same(theirs, ours, headers=(b"content-type", b"content-length", b"content-r
 @ensure
 async def test_same_answers_as_static_file(site):
     for path in (b"/a.txt", b"/page.html", b"/blob.unknownext", b"/data.json.gz",
-                 b"/empty.txt", b"/big.bin", b"/sub/", b"/sub/x.css", b"/missing",
+                 b"/empty.txt", b"/big.bin", b"/edge.bin", b"/edge1.bin", b"/sub/", b"/sub/x.css", b"/missing",
                  b"/sub/missing", b"/a.txt/x", b"/inside-link.txt", b"/%61.txt",
                  b"/sub", b"/sub?q=1"):
         theirs = await raw(site["static"], path)
@@ -162,7 +165,7 @@ async def test_ranges_as_static_file(site):
     for rng in (b"bytes=0-9", b"bytes=10-", b"bytes=-5", b"bytes=100-200",
                 b"bytes=0-0,5-9,-3", b"bytes=99999999-", b"bytes=5-1", b"items=0-1",
                 b"bytes=0-5,99999999-", b"bytes=300000-400000", b"garbage"):
-        for path in (b"/big.bin", b"/a.txt"):
+        for path in (b"/big.bin", b"/a.txt", b"/edge1.bin"):
             h = [(b"Range", rng)]
             theirs = _unboundary(await raw(site["static"], path, headers=h))
             ours = _unboundary(await raw(site["ours"], path, headers=h))
