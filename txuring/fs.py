@@ -60,6 +60,7 @@ import os
 import secrets
 import shutil
 import stat as _stat
+import sys
 import threading
 import warnings
 import weakref
@@ -256,8 +257,8 @@ class ThreadOps:
     def fstat(self, fd):
         return self.call(_blocking_fstat, fd)
 
-    def fstat_read(self, fd, buf):
-        return self.call(_blocking_fstat_read, fd, buf)
+    def fstat_read(self, fd, buf, close=False):
+        return self.call(_blocking_fstat_read, fd, buf, close)
 
     def fsync(self, fd, datasync=False):
         return self.call(os.fdatasync if datasync else os.fsync, fd)
@@ -394,13 +395,17 @@ def _blocking_fstat(fd):
     return _stat_of(os.fstat(fd))
 
 
-def _blocking_fstat_read(fd, buf):
-    st = _blocking_fstat(fd)
+def _blocking_fstat_read(fd, buf, close):
     try:
-        n = os.preadv(fd, [buf], 0)
-    except OSError:
-        n = None
-    return st, n
+        st = _blocking_fstat(fd)
+        try:
+            n = os.preadv(fd, [buf], 0)
+        except OSError:
+            n = None
+        return st, n
+    finally:
+        if close:
+            os.close(fd)
 
 
 _libc = None
@@ -499,20 +504,28 @@ class RingOps:
             return self.threads.fstat(fd)
         return self._result(self.ring.fstat(fd))
 
-    def fstat_read(self, fd, buf):
+    def fstat_read(self, fd, buf, close=False):
         """
         Deferred[(stat, n)]: the fstat of C{fd}, and a read into C{buf} from offset 0
         (C{n} bytes, or None if the read failed, a directory's EISDIR for example).
         One trip instead of two: a statx linked to the read (IOSQE_IO_LINK), so the
         read starts once the stat is done and a failed stat cancels it. Servers of
         small files get a file's metadata and contents together.
+
+        With C{close}, the close of C{fd} follows in the same chain, hard-linked
+        (IOSQE_IO_HARDLINK, 5.5: it runs whatever the stat and the read gave), and
+        the Deferred fires once the fd is closed: a small file in one trip.
         """
-        if not self._has("statx"):
-            return self.threads.fstat_read(fd, buf)
-        with self.ring.linked():
+        if not self._has("statx") or (close and not self._has("close")):
+            return self.threads.fstat_read(fd, buf, close)
+        with self.ring.linked(hard=close):
             stat_h = self.ring.fstat(fd)
             read_h = self.ring.read(fd, buf, 0)
-        return _stat_and_read(self._result(stat_h), self._result(read_h))
+            close_h = self.ring.close(fd) if close else None
+        closed = None
+        if close_h is not None:
+            closed = self._result(close_h).addErrback(_close_if_not_run, fd)
+        return _stat_and_read(self._result(stat_h), self._result(read_h), closed)
 
     def fsync(self, fd, datasync=False):
         return self._result(self.ring.fsync(fd, datasync=datasync))
@@ -767,30 +780,34 @@ class FileSystem:
         path = _path(path)
         ops = self._ops()
         # Callbacks rather than a coroutine: this is the hot path of small-file
-        # servers (four ops: open, fstat, read, close), and each coroutine step costs.
+        # servers, and each coroutine step costs. Two trips for a small file: the
+        # open, then its stat, first read and close in one hard-linked chain.
         # A cancel reaches the op in flight; the fd is closed whatever happens.
         return ops.open(path, os.O_RDONLY).addCallback(self._rf_opened, ops, path)
 
     def _rf_opened(self, fd, ops, path):
-        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd, path)
-        return d.addBoth(_close_then, ops, fd)
+        buf = bytearray(ITER_CHUNK)
+        d = ops.fstat_read(fd, buf, close=True)
+        return d.addCallback(self._rf_read, ops, path, buf)
 
-    def _rf_stat(self, st, ops, fd, path):
+    def _rf_read(self, st_n, ops, path, buf):
+        st, n = st_n
         if _stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        size = st.st_size
-        if not (_stat.S_ISREG(st.st_mode) and 0 < size < CHUNK):
-            return _run(_read_all(ops, fd, 0, size, _stat.S_ISREG(st.st_mode)))
-        buf = bytearray(size + 1)
+        if _stat.S_ISREG(st.st_mode) and n is not None and n == st.st_size and n < len(buf):
+            del buf[n:]  # all of it: the common case of a small file, one trip
+            return bytes(buf)
+        # Bigger than the first read, not a regular file, or changing: the general loop
+        # on a new fd (that first one is closed by now).
+        return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops)
 
-        def got(n):
-            if n == size:
-                del buf[n:]
-                return bytes(buf)
-            # Not what fstat said (the file changed): the general loop.
-            return _run(_read_all(ops, fd, 0, size, True))
+    def _rf_general(self, fd, ops):
+        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd)
+        return d.addBoth(_close_then, ops, fd)
 
-        return ops.read(fd, buf, 0).addCallback(got)
+    def _rf_stat(self, st, ops, fd):
+        regular = _stat.S_ISREG(st.st_mode)
+        return _run(_read_all(ops, fd, 0, st.st_size if regular else 0, regular))
 
     async def _open_file(self, ops, path, flags, mode=0o666):
         """
@@ -1130,14 +1147,15 @@ def _worker_limits(max_workers):
     return bounded, unbounded
 
 
-def _stat_and_read(stat_d, read_d):
-    """The Deferred of L{RingOps.fstat_read}, fired once both ops have ended."""
+def _stat_and_read(stat_d, read_d, closed_d=None):
+    """The Deferred of L{RingOps.fstat_read}, fired once all its ops have ended."""
     out = Deferred(lambda _: (stat_d.cancel(), read_d.cancel()))
     results = {}
+    waiting = 2 if closed_d is None else 3
 
     def ended(result, which):
         results[which] = result
-        if len(results) < 2 or out.called:
+        if len(results) < waiting or out.called:
             return None
         st, n = results["stat"], results["read"]
         if isinstance(st, Failure):
@@ -1150,7 +1168,26 @@ def _stat_and_read(stat_d, read_d):
 
     stat_d.addBoth(ended, "stat")
     read_d.addBoth(ended, "read")
+    if closed_d is not None:
+        closed_d.addBoth(ended, "close")
     return out
+
+
+def _close_if_not_run(failure, fd):
+    """
+    The close at the end of a hard chain failed: if it never ran (ECANCELED: the
+    chain was cancelled, or the ring closed before it went in), close C{fd} here;
+    any other error is the close's own (logged, as close(2)'s errors are).
+    """
+    if failure.check(OSError) and failure.value.errno == errno.ECANCELED or \
+            failure.check(CancelledError, errors.RingClosed):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    else:
+        log.msg("txuring.fs: closing fd %d: %s" % (fd, failure.getErrorMessage()))
+    return None
 
 
 async def _close(ops, fd):
@@ -1614,11 +1651,25 @@ _lock = threading.Lock()
 def filesystem(reactor=None):
     """The L{FileSystem} of C{reactor} (the global reactor by default), made once."""
     if reactor is None:
-        from twisted.internet import reactor
+        reactor = sys.modules.get("twisted.internet.reactor")
+        if reactor is None:  # not installed yet: the import installs the default
+            from twisted.internet import reactor
+    fs = _last_filesystem
+    if fs is not None and fs.reactor is reactor:
+        return fs  # the module-level functions' common case, without the lock
+    return _filesystem_of(reactor)
+
+
+_last_filesystem = None  # the FileSystem filesystem() gave last
+
+
+def _filesystem_of(reactor):
+    global _last_filesystem
     with _lock:
         fs = _filesystems.get(reactor)
         if fs is None:
             fs = _filesystems[reactor] = FileSystem(reactor)
+        _last_filesystem = fs
         return fs
 
 

@@ -147,37 +147,30 @@ class StatxResult(
         return _stat.S_ISLNK(self.st_mode)
 
 
-def _ns(ts):
-    return ts.tv_sec * 1000000000 + ts.tv_nsec
+_new_statx_result = tuple.__new__  # positional, without namedtuple's keyword parsing
 
 
 def statx_result_of(buf):
     """Convert a filled C{struct statx} into a L{StatxResult}."""
-    a, m, c = _ns(buf.stx_atime), _ns(buf.stx_mtime), _ns(buf.stx_ctime)
-    has_btime = bool(buf.stx_mask & STATX_BTIME)
-    b = _ns(buf.stx_btime) if has_btime else None
-    return StatxResult(
-        st_mode=buf.stx_mode,
-        st_ino=buf.stx_ino,
-        st_dev=os.makedev(buf.stx_dev_major, buf.stx_dev_minor),
-        st_nlink=buf.stx_nlink,
-        st_uid=buf.stx_uid,
-        st_gid=buf.stx_gid,
-        st_size=buf.stx_size,
-        st_atime=a / 1e9,
-        st_mtime=m / 1e9,
-        st_ctime=c / 1e9,
-        st_atime_ns=a,
-        st_mtime_ns=m,
-        st_ctime_ns=c,
-        st_blocks=buf.stx_blocks,
-        st_blksize=buf.stx_blksize,
-        st_rdev=os.makedev(buf.stx_rdev_major, buf.stx_rdev_minor),
-        st_birthtime=b / 1e9 if has_btime else None,
-        st_birthtime_ns=b,
-        stx_mask=buf.stx_mask,
-        stx_attributes=buf.stx_attributes,
-    )
+    ts = buf.stx_atime
+    a = ts.tv_sec * 1000000000 + ts.tv_nsec
+    ts = buf.stx_mtime
+    m = ts.tv_sec * 1000000000 + ts.tv_nsec
+    ts = buf.stx_ctime
+    c = ts.tv_sec * 1000000000 + ts.tv_nsec
+    mask = buf.stx_mask
+    if mask & STATX_BTIME:
+        ts = buf.stx_btime
+        b = ts.tv_sec * 1000000000 + ts.tv_nsec
+        bf = b / 1e9
+    else:
+        b = bf = None
+    return _new_statx_result(StatxResult, (
+        buf.stx_mode, buf.stx_ino, os.makedev(buf.stx_dev_major, buf.stx_dev_minor),
+        buf.stx_nlink, buf.stx_uid, buf.stx_gid, buf.stx_size,
+        a / 1e9, m / 1e9, c / 1e9, a, m, c,
+        buf.stx_blocks, buf.stx_blksize, os.makedev(buf.stx_rdev_major, buf.stx_rdev_minor),
+        bf, b, mask, buf.stx_attributes))
 
 
 RecvMsgResult = namedtuple("RecvMsgResult", "nbytes fds address msg_flags")
