@@ -518,13 +518,18 @@ class RingOps:
         """
         if not self._has("statx") or (close and not self._has("close")):
             return self.threads.fstat_read(fd, buf, close)
-        with self.ring.linked(hard=close):
-            stat_h = self.ring.fstat(fd)
-            read_h = self.ring.read(fd, buf, 0)
-            close_h = self.ring.close(fd) if close else None
+        try:
+            with self.ring.linked(hard=close):
+                stat_h = self.ring.fstat(fd)
+                read_h = self.ring.read(fd, buf, 0)
+                close_h = self.ring.close(fd) if close else None
+        except (errors.RingClosed, errors.RingForked):
+            if close:
+                _close_now(fd).addErrback(lambda _: None)
+            raise
         closed = None
         if close_h is not None:
-            closed = self._result(close_h).addErrback(_close_if_not_run, fd)
+            closed = self._result(close_h).addErrback(_close_unless_ran, fd)
         return _stat_and_read(self._result(stat_h), self._result(read_h), closed)
 
     def fsync(self, fd, datasync=False):
@@ -1171,23 +1176,6 @@ def _stat_and_read(stat_d, read_d, closed_d=None):
     if closed_d is not None:
         closed_d.addBoth(ended, "close")
     return out
-
-
-def _close_if_not_run(failure, fd):
-    """
-    The close at the end of a hard chain failed: if it never ran (ECANCELED: the
-    chain was cancelled, or the ring closed before it went in), close C{fd} here;
-    any other error is the close's own (logged, as close(2)'s errors are).
-    """
-    if failure.check(OSError) and failure.value.errno == errno.ECANCELED or \
-            failure.check(CancelledError, errors.RingClosed):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    else:
-        log.msg("txuring.fs: closing fd %d: %s" % (fd, failure.getErrorMessage()))
-    return None
 
 
 async def _close(ops, fd):
