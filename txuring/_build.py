@@ -182,6 +182,8 @@ int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int multishot
 int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off, unsigned len,
                   uint64_t ud, unsigned sf);
 int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf);
+int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, uint64_t off,
+                  uint64_t ud, unsigned sf);
 int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n);
 """
 

@@ -71,7 +71,7 @@ from twisted.python import log, threadable
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
-from txuring import errors
+from txuring import errors, leanfile
 from txuring.opcode import OPCODES
 from txuring.types import StatxResult
 
@@ -247,6 +247,8 @@ class ThreadOps:
 
     def read(self, fd, buf, offset):
         return self.call(_blocking_read, fd, buf, offset)
+
+    read_own = read
 
     def write(self, fd, data, offset):
         return self.call(_blocking_write, fd, data, offset)
@@ -489,6 +491,14 @@ class RingOps:
 
     def read(self, fd, buf, offset):
         return self._result(self.ring.read(fd, buf, -1 if offset is None else offset))
+
+    def read_own(self, fd, buf, offset):
+        """
+        L{read} into a bytearray of this module's own, never shown to anyone before
+        the read ends: off the public op API (L{txuring.leanfile}), the hot path of
+        C{File.read(size, offset)}.
+        """
+        return leanfile.pread(self.ring, fd, buf, -1 if offset is None else offset)
 
     def write(self, fd, data, offset):
         return self._result(self.ring.write(fd, data, -1 if offset is None else offset))
@@ -1450,7 +1460,7 @@ class File:
         if offset is not None and 0 < size <= CHUNK:
             # pread of one chunk: one op, no coroutine, unless it comes back short.
             buf = bytearray(size)
-            d = self._ops.read(self._fd, buf, offset)
+            d = self._ops.read_own(self._fd, buf, offset)
             return self._track(d.addCallback(self._after_pread, buf, offset))
         return self._track(_read_upto(self._ops, self._fd, size, offset), offset is None)
 

@@ -588,6 +588,32 @@ async def test_cancel_file_ops(fs, tmp_path):
 
 
 @ensure
+async def test_positioned_reads_cancelled_in_flight(fs, tmp_path):
+    """
+    File.read(size, offset), the positioned-read fast path: many in flight, half
+    cancelled at once (before or after the kernel took them). Each cancelled one
+    fails with CancelledError, each other gives the right bytes, and the file closes with nothing left in flight.
+    """
+    data = os.urandom(1 << 20)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    async with fs.open(p, "rb") as f:
+        ds = [f.read(4096, (i * 7919 % 256) * 4096) for i in range(200)]
+        for d in ds[::2]:
+            d.cancel()
+        outcomes = await defer.DeferredList(ds, consumeErrors=True)
+        for i, (ok, result) in enumerate(outcomes):
+            if i % 2 == 0:  # (a cancel fails the Deferred at once, whenever the op ends)
+                assert not ok and result.check(defer.CancelledError), result
+            else:
+                assert ok, result
+                off = (i * 7919 % 256) * 4096
+                assert result == data[off:off + 4096]
+        assert await f.read(10, offset=len(data) - 4) == data[-4:]  # short: at EOF
+        assert await f.read(10, offset=len(data) + 100) == b""
+
+
+@ensure
 async def test_cancel_a_blocked_open_of_a_fifo(fs, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

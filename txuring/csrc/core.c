@@ -1188,6 +1188,18 @@ static int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off
     return 0;
 }
 
+/* pread(2) of len bytes into buf at file offset off (buf: a buffer the caller
+ * holds until the CQE; txuring.fs's reads of its own buffers). */
+static int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, uint64_t off,
+                         uint64_t ud, unsigned sf)
+{
+    PREP(r, IORING_OP_READ, fd, ud, sf);
+    sqe->addr = ADDR(buf);
+    sqe->len = len;
+    sqe->off = off;
+    return 0;
+}
+
 /* Async cancel of the op with user_data target (its own CQE goes to ud). */
 static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf)
 {
