@@ -678,6 +678,7 @@ class FileSystem:
         self.reason = None
         self._private_ring = None
         self._shut_down = False  # the reactor shut down (and the private ring with it)
+        self._kind_at_shutdown = None  # the backend's kind when its ring was closed
 
     # -- choosing the backend --
 
@@ -772,6 +773,7 @@ class FileSystem:
             yield _wait_idle(ring, backend, reactor, 1.0, cancel=True)
         backend.driver.detach()
         ring.exit()
+        self._kind_at_shutdown = backend.kind
         self.backend = None
         self._private_ring = None
 
@@ -785,7 +787,12 @@ class FileSystem:
 
     @property
     def kind(self):
-        """C{"io_uring"} or C{"threads"}: the backend (chosen now if not yet)."""
+        """
+        C{"io_uring"} or C{"threads"}: the backend (chosen now if not yet; after the
+        reactor shut down, the one it had).
+        """
+        if self.backend is None and self._shut_down and self._kind_at_shutdown:
+            return self._kind_at_shutdown
         return self._ops().kind
 
     # -- whole-file functions --
