@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 PRELUDE = """
-import json, os, sys, threading
+import json, os, sys, threading, time
 which = {reactor!r}
 if which == "uring":
     from txuring.reactor import install; install()
@@ -289,6 +289,25 @@ def test_root_replaced_is_served_from_its_new_directory(tmp_path):
         first = get(port, "/v.txt")[2]
         os.rename(os.path.join(TMP, "site"), os.path.join(TMP, "old"))
         os.rename(os.path.join(TMP, "new"), os.path.join(TMP, "site"))
+        return [first, get(port, "/v.txt")[2]]
+    """, directory="Directory(os.path.join(TMP, 'site'), root_check_interval=0)")
+    assert out == ["old", "new"], out
+
+
+def test_root_replaced_is_served_once_the_check_interval_has_passed(tmp_path):
+    """
+    With the default root_check_interval (1 s), the root's path is stat'ed again
+    once a second has passed since the last check: the new tree is served then.
+    """
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "v.txt").write_bytes(b"old")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "v.txt").write_bytes(b"new")
+    out = _site_run(tmp_path, """
+        first = get(port, "/v.txt")[2]
+        os.rename(os.path.join(TMP, "site"), os.path.join(TMP, "old"))
+        os.rename(os.path.join(TMP, "new"), os.path.join(TMP, "site"))
+        time.sleep(1.2)
         return [first, get(port, "/v.txt")[2]]
     """)
     assert out == ["old", "new"], out
@@ -619,5 +638,5 @@ def test_a_missing_root_is_not_found_until_it_appears(tmp_path):
         os.rename(os.path.join(TMP, "site"), os.path.join(TMP, "gone"))
         third = get(port, "/v.txt")[0]
         return [first, second[0], second[2], third]
-    """)
+    """, directory="Directory(os.path.join(TMP, 'site'), root_check_interval=0)")
     assert out == [404, 200, "here", 404], out

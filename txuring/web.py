@@ -44,6 +44,7 @@ the fd closed.
 import errno
 import os
 import stat as _stat
+import time
 from urllib.parse import quote
 
 from zope.interface import implementer
@@ -162,6 +163,8 @@ class Directory(resource.Resource):
     @ivar listing: whether a directory without an index file is listed (else 403).
     @ivar allow_symlink_escape: whether symlinks may lead out of C{path}.
     @ivar chunk_size: bytes per read op while streaming.
+    @ivar root_check_interval: seconds during which the root's fd is trusted without
+        stat'ing its path again (0: a stat beside every request's open).
     """
 
     isLeaf = True
@@ -173,7 +176,7 @@ class Directory(resource.Resource):
 
     def __init__(self, path, defaultType="text/html", *, listing=False,
                  allow_symlink_escape=False, index_names=None, filesystem=None,
-                 chunk_size=CHUNK):
+                 chunk_size=CHUNK, root_check_interval=1.0):
         resource.Resource.__init__(self)
         self.path = os.path.abspath(os.fsdecode(txfs._path(path)))
         self.defaultType = defaultType
@@ -184,6 +187,11 @@ class Directory(resource.Resource):
         if not isinstance(chunk_size, int) or not 1 <= chunk_size <= 1 << 24:
             raise ValueError("chunk_size must be an int from 1 to 16 MiB")
         self.chunk_size = chunk_size
+        if isinstance(root_check_interval, bool) or \
+                not isinstance(root_check_interval, (int, float)) or \
+                not 0 <= root_check_interval < float("inf"):
+            raise ValueError("root_check_interval must be a finite number of seconds >= 0")
+        self.root_check_interval = root_check_interval
         self._filesystem = filesystem
         self._root = None  # the _Root of self.path, opened at the first request
 
@@ -278,14 +286,25 @@ class Directory(resource.Resource):
 
         The root's fd is cached, but a deploy may swap the directory (rename the old
         tree away and a new one in, or repoint a symlink), and static.File serves what
-        the path names now: so the root's path is stat'ed alongside every open (one
-        more op, in parallel), and when it names another directory than the cached
-        fd's, the fd is replaced and the open made again.
+        the path names now: so the root's path is stat'ed alongside an open (one more
+        op, in parallel) once C{root_check_interval} seconds have passed since the
+        last check (as nginx's C{open_file_cache_valid}: a stat punted to a kernel
+        worker on every request costs more than the rest of the file work), and
+        when it names another directory than the cached fd's, the fd is replaced and
+        the open made again.
         """
         for _ in range(3):
             root = await self._current_root(ops)
             if root is None:
                 return None, None, self.childNotFound, None
+            if time.monotonic() - root.checked < self.root_check_interval:
+                try:
+                    fd, st, head = await self._open(ops, root.fd, rel)
+                except BaseException:
+                    root.release()
+                    raise
+                return root, fd, st, head
+            checked = time.monotonic()
             check = ops.stat(self.path)
             try:
                 fd, st, head = await self._open(ops, root.fd, rel)
@@ -305,6 +324,7 @@ class Directory(resource.Resource):
                     return None, None, self.childNotFound, None
                 raise
             if (now.st_dev, now.st_ino) == root.key:
+                root.checked = checked
                 return root, fd, st, head
             if fd is not None:
                 await txfs._close(ops, fd)
@@ -498,11 +518,14 @@ class _Root:
 
     @ivar fd: the O_PATH fd.
     @ivar key: C{(st_dev, st_ino)} of the directory it is.
+    @ivar checked: C{time.monotonic()} of the last time the root's path was found
+        to name this directory.
     """
 
     def __init__(self, fd, st):
         self.fd = fd
         self.key = (st.st_dev, st.st_ino)
+        self.checked = time.monotonic()
         self._users = 0
         self._retired = False
 

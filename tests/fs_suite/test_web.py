@@ -315,6 +315,9 @@ def test_bad_arguments():
         web.Directory("/tmp\0x")
     with pytest.raises(ValueError):
         web.Directory("/tmp", chunk_size=0)
+    for bad in (-1, float("inf"), float("nan"), "1", True):
+        with pytest.raises(ValueError):
+            web.Directory("/tmp", root_check_interval=bad)
 
 
 def test_the_last_resort_beneath_check_without_openat2(tmp_path):
