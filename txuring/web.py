@@ -56,10 +56,35 @@ from twisted.web import http, resource, server, static
 from twisted.web.util import redirectTo
 
 from txuring import fs as txfs
-from txuring.opcode import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS
+from txuring.opcode import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_XDEV
 
 #: Bytes per read op while streaming a body.
 CHUNK = 64 * 1024
+
+#: Filesystems whose getattr of an open file reads only the in-memory inode: on
+#: these, fstat(2) of an fd just opened cannot wait for a disk or a server. (NFS,
+#: SMB, FUSE and the like may ask their server, so they go through a statx op.)
+LOCAL_FILESYSTEMS = frozenset([
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "bcachefs", "zfs", "tmpfs",
+    "ramfs", "overlay", "squashfs", "erofs", "iso9660", "vfat", "exfat"])
+
+
+def filesystem_type(dev):
+    """
+    The type of the filesystem mounted from device number C{dev} (an st_dev), from
+    /proc/self/mountinfo (procfs: no disk behind it); None if not found.
+    """
+    wanted = "%d:%d" % (os.major(dev), os.minor(dev))
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and "-" in fields:
+                    return fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return None
+
 
 #: openat2 errors that mean "no such file here" to a client.
 _NOT_FOUND = (errno.ENOENT, errno.ENOTDIR, errno.EXDEV, errno.ELOOP, errno.ENAMETOOLONG,
@@ -299,7 +324,7 @@ class Directory(resource.Resource):
                 return None, None, self.childNotFound, None
             if time.monotonic() - root.checked < self.root_check_interval:
                 try:
-                    fd, st, head = await self._open(ops, root.fd, rel)
+                    fd, st, head = await self._open(ops, root.fd, rel, local=root.local)
                 except BaseException:
                     root.release()
                     raise
@@ -307,7 +332,7 @@ class Directory(resource.Resource):
             checked = time.monotonic()
             check = ops.stat(self.path)
             try:
-                fd, st, head = await self._open(ops, root.fd, rel)
+                fd, st, head = await self._open(ops, root.fd, rel, local=root.local)
             except BaseException:
                 check.addErrback(lambda _: None)
                 check.cancel()
@@ -360,7 +385,8 @@ class Directory(resource.Resource):
                     request.write(redirectTo(static._addSlash(request), request))
                     request.finish()
                     return
-                fd, st, head, rel = await self._index(ops, root.fd, rel, fd, request)
+                fd, st, head, rel = await self._index(ops, root.fd, rel, fd, request,
+                                                      root.local)
                 if fd is None:
                     return
             elif trailing_slash:
@@ -377,22 +403,33 @@ class Directory(resource.Resource):
             if root is not None:
                 root.release()
 
-    async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK):
+    async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK, local=False):
         """
         (fd, stat, head), or (None, the error resource, None) for the client. C{head}
-        is the file's first L{CHUNK} bytes (None for what is not a regular file): the
-        fstat and that read go in together (L{txuring.fs.RingOps.fstat_read}), so a
-        small file costs two trips through the reactor (open; stat and read) and its
-        close is not waited for.
+        is the file's first L{CHUNK} bytes (None for what is not a regular file).
+
+        Two trips through the reactor for a small file, and its close not waited for:
+          - under a root on a local filesystem (C{local}), the open stays on that
+            filesystem (C{RESOLVE_NO_XDEV}), so the fstat of the new fd reads only
+            the in-memory inode and is made here, and the read follows: neither op
+            is punted to a kernel worker when the file is in the page cache;
+          - otherwise (or where the path crosses a mount point: EXDEV) the fstat and
+            the read go in together (L{txuring.fs.RingOps.fstat_read}), the statx
+            run by a kernel worker.
         """
+        if local and not flags & os.O_PATH and ops.kind == "io_uring":
+            try:
+                fd = await ops.open(rel, flags, 0, dir_fd=root,
+                                    resolve=self._resolve_flags() | RESOLVE_NO_XDEV)
+            except OSError as e:
+                if e.errno != errno.EXDEV:  # (EXDEV: another mount, or outside the root)
+                    return self._open_failed(e)
+            else:
+                return await self._stat_here_and_read(ops, fd)
         try:
             fd = await ops.open(rel, flags, 0, resolve=self._resolve_flags(), dir_fd=root)
         except OSError as e:
-            if e.errno in _NOT_FOUND:
-                return None, self.childNotFound, None
-            if e.errno in _FORBIDDEN:
-                return None, self.forbidden, None
-            raise
+            return self._open_failed(e)
         buf = None if flags & os.O_PATH else bytearray(self.chunk_size)
         try:
             if buf is None:  # (an O_PATH fd cannot be read)
@@ -407,10 +444,32 @@ class Directory(resource.Resource):
         del buf[n:]
         return fd, st, buf
 
-    async def _index(self, ops, root, rel, dir_fd, request):
+    def _open_failed(self, e):
+        """The answer to an open that failed with C{e}: a 404, a 403, or C{e} raised."""
+        if e.errno in _NOT_FOUND:
+            return None, self.childNotFound, None
+        if e.errno in _FORBIDDEN:
+            return None, self.forbidden, None
+        raise e
+
+    async def _stat_here_and_read(self, ops, fd):
+        """(fd, stat, head) of an fd on a local filesystem: fstat here, then one read."""
+        try:
+            st = txfs._stat_of(os.fstat(fd))
+            if not _stat.S_ISREG(st.st_mode):
+                return fd, st, None
+            buf = bytearray(min(st.st_size, self.chunk_size))
+            n = await ops.read(fd, buf, 0) if buf else 0
+        except BaseException:
+            await txfs._close(ops, fd)
+            raise
+        del buf[n:]
+        return fd, st, buf
+
+    async def _index(self, ops, root, rel, dir_fd, request, local=False):
         """The index file of directory C{rel} (fd, stat, path), or a listing / 403."""
         for name in self.indexNames:
-            fd, st, head = await self._open(ops, root, os.path.join(rel, name))
+            fd, st, head = await self._open(ops, root, os.path.join(rel, name), local=local)
             if fd is not None:
                 await txfs._close(ops, dir_fd)
                 return fd, st, head, os.path.join(rel, name)
@@ -520,12 +579,14 @@ class _Root:
     @ivar key: C{(st_dev, st_ino)} of the directory it is.
     @ivar checked: C{time.monotonic()} of the last time the root's path was found
         to name this directory.
+    @ivar local: whether it is on one of the L{LOCAL_FILESYSTEMS}.
     """
 
     def __init__(self, fd, st):
         self.fd = fd
         self.key = (st.st_dev, st.st_ino)
         self.checked = time.monotonic()
+        self.local = filesystem_type(st.st_dev) in LOCAL_FILESYSTEMS
         self._users = 0
         self._retired = False
 

@@ -308,6 +308,32 @@ async def test_keep_alive_requests_in_a_row(site):
     assert site["big"] in data
 
 
+
+@ensure
+async def test_local_and_non_local_roots_serve_alike(site, monkeypatch):
+    """
+    Under a root on a local filesystem, a file's fstat is made in the reactor's
+    thread (the open kept on that filesystem by RESOLVE_NO_XDEV); elsewhere it is a
+    statx op. Both answer as static.File does.
+    """
+    ours = site["resource"]
+    paths = (b"/a.txt", b"/big.bin", b"/edge1.bin", b"/empty.txt", b"/sub/", b"/fifo",
+             b"/escape-rel", b"/missing")
+    answers = {}
+    for local in (True, False):
+        ours.close()  # (the root is opened again, and its filesystem looked up again)
+        if not local:
+            monkeypatch.setattr(web, "LOCAL_FILESYSTEMS", frozenset())
+        answers[local] = [await raw(site["ours"], p) for p in paths]
+        assert ours._root.local is (local and web.filesystem_type(
+            os.stat(site["root"]).st_dev) in web.LOCAL_FILESYSTEMS)
+    for path, a, b in zip(paths, answers[True], answers[False]):
+        _same(a, b)
+        if path in (b"/fifo", b"/escape-rel", b"/missing"):
+            assert a[0] == 404, path  # (static.File would open the FIFO and wait)
+        else:
+            _same(await raw(site["static"], path), a)
+
 def test_bad_arguments():
     with pytest.raises(TypeError):
         web.Directory(3)
