@@ -406,18 +406,22 @@ def test_r5_close_with_transport_ops_in_the_overflow_queue():
     before = open_fds()
     reactor = make("uring", queueDepth=1)
     socks = []
+    transports = []
     try:
         for _ in range(6):
             s, c = tcp_pair()
             socks += [s, c]
-            reactor.adoptStreamConnection(s.fileno(), socket.AF_INET,
-                                          Factory.forProtocol(Protocol))
+            transports.append(reactor.adoptStreamConnection(
+                s.fileno(), socket.AF_INET, Factory.forProtocol(Protocol)))
             s.close()
         assert len(reactor.ring._sq) >= 5
-        reactor.disconnectAll()  # their cancels queue behind
+        # close() removes the transports (it does not disconnect them): their recvs
+        # are still queued when the ring's ops are cancelled.
         reactor.close()
         assert reactor.ring.closed
     finally:
+        for t in transports:
+            t.connectionLost(failure.Failure(error.ConnectionDone()))
         for s in socks:
             s.close()
         release(reactor)
