@@ -529,6 +529,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring = self.ring
         if ring._closed or ring._forked:
             return  # nothing of this ring runs any more
+        if ring._sq.backlog and ring._unqueue_user_data(target):
+            return  # never submitted: ended here (its fd may be closed and reused next)
         ud = next(ring._ids)
         ring._handles[ud] = _QUIET
         if ring._sq.backlog or lib.txu_lean_cancel(ring._r, target, ud, 0) == -errno.EBUSY:

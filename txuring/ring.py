@@ -696,6 +696,20 @@ class Ring(Operations):
             return True
         return handle.state == QUEUED and self._sq.unqueue(handle)
 
+    def _unqueue_user_data(self, user_data):
+        """
+        End the op with C{user_data} here with ECANCELED if it still waits in the
+        overflow queue (a transport's lean op: its record is no Handle); nothing is
+        submitted. Returns whether it was there. Its SQE must never be prepared
+        later: its fd number may belong to another file by then.
+        """
+        sq = self._sq
+        for entry in sq.backlog:
+            for handle in entry.handles:
+                if handle.user_data == user_data:
+                    return sq.unqueue(handle)
+        return False
+
     def cancel_fd(self, fd):
         """Cancel every op on file descriptor C{fd} (5.19). Deferred of the count."""
         return self._submit_cancel(0, fd, ASYNC_CANCEL_FD | ASYNC_CANCEL_ALL, "cancel_fd",

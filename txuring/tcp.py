@@ -655,6 +655,20 @@ class _CompletionConnection:
         self._stash = None
         super().connectionLost(reason)
 
+    def _closeSocket(self, orderly):
+        """
+        Close the socket (Twisted's C{_SocketCloser}), first turning any SQE that
+        names its fd and is not submitted yet (a recv or send prepared this pass) into
+        one that fails with EBADF: the kernel looks the fd number up only when it takes
+        the SQE, and by then the number may be another connection's (see
+        C{txu_sq_forget_fd}). (Its ops already submitted hold the socket itself; they
+        end with their cancels.)
+        """
+        ring = self.reactor.ring
+        if not (ring._closed or ring._forked):
+            lib.txu_sq_forget_fd(ring._r, self.socket.fileno())
+        super()._closeSocket(orderly)
+
     def _cancelOps(self):
         """Cancel the recv and the send in flight (they hold the socket's file)."""
         reactor = self.reactor
