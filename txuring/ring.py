@@ -723,7 +723,9 @@ class Ring(Operations):
         """
         self._check_usable()
         while len(self._sq):
-            self.cancel(self._sq.first_queued())
+            # (Ended here, never submitted; not through cancel(), which takes Handles
+            # only: a transport's queued op is a lean record.)
+            self._sq.unqueue(self._sq.first_queued())
         if self.op_supported("socket"):  # IORING_ASYNC_CANCEL_ANY came with 5.19's socket
             return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL,
                                        "cancel_all", count=True)
