@@ -402,14 +402,19 @@ class _CompletionConnection:
     def _drainDirectly(self):
         """
         Read what is queued with recv(2) until the socket is empty (then arm the
-        multishot recv), the budget is spent or reading stops (then a single-shot).
+        multishot recv), the budget is spent or reading stops (then a single-shot), or
+        a ring recv was armed by the protocol meanwhile (it goes on from there).
         """
         budget = self._DIRECT_BUDGET
         recv = self.socket.recv
         size = self.bufferSize
         contexts = self.reactor._logContexts
         while budget > 0:
-            if not self._reading or self.disconnected or self._stash is not None:
+            if not self._reading or self.disconnected or self._stash is not None \
+                    or self._recvOp is not None:
+                # (A ring recv armed meanwhile -- paused and resumed in dataReceived --
+                # owns the reading now: it may take the next bytes as soon as anything
+                # submits, and a recv(2) here would overtake them.)
                 break
             try:
                 data = recv(size)
