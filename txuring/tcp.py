@@ -102,6 +102,18 @@ def _logContextOf(transport):
     return {ILogContext: ctx}
 
 
+def _filenoToRegister(selectable):
+    """
+    The fd of C{selectable}'s socket, to register it; ValueError once the socket is
+    closed, as EPollReactor raises for a selectable whose fileno() is -1 (its old
+    number may be another socket's by now).
+    """
+    skt = getattr(selectable, "socket", None)
+    if skt is None:
+        raise ValueError("%r has no file descriptor: its socket is closed" % (selectable,))
+    return skt.fileno()
+
+
 class _RecvBuffers:
     """
     The reactor's provided-buffer ring for receiving, with what the hot path needs
@@ -237,7 +249,7 @@ class _CompletionConnection:
     def _register(self, primary):
         reactor = self.reactor
         if self._fd < 0:
-            self._fd = self.socket.fileno()
+            self._fd = _filenoToRegister(self)
             self._bufs = reactor._recvBuffers()
         primary.add(self._fd)
         reactor._selectables[self._fd] = self
@@ -275,7 +287,6 @@ class _CompletionConnection:
         # (on every reply's path: _register inlined)
         if self._writing:
             return
-        self._writing = True
         reactor = self.reactor
         fd = self._fd
         if fd < 0:
@@ -283,6 +294,7 @@ class _CompletionConnection:
         else:
             reactor._writes.add(fd)
             reactor._selectables[fd] = self
+        self._writing = True
         if self._logContext is None:
             self._logContext = _logContextOf(self)
         if not self._passQueued:
@@ -673,6 +685,7 @@ class _CompletionConnection:
         if not (ring._closed or ring._forked):
             lib.txu_sq_forget_fd(ring._r, self.socket.fileno())
         super()._closeSocket(orderly)
+        self._fd = -1  # (the number may be another socket's from now on)
 
     def _cancelOps(self):
         """Cancel the recv and the send in flight (they hold the socket's file)."""
@@ -801,8 +814,8 @@ class _CompletionPort:
         if self._accepting:
             return
         reactor = self.reactor
+        self._fd = _filenoToRegister(self)
         self._accepting = True
-        self._fd = self.socket.fileno()
         reactor._reads.add(self._fd)
         reactor._selectables[self._fd] = self
         if self._arm is None:

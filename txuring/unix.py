@@ -59,7 +59,7 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
 
     def _register(self, primary):
         if self._fd < 0:
-            self._fd = self.socket.fileno()
+            self._fd = _tcp._filenoToRegister(self)
         primary.add(self._fd)
         self.reactor._selectables[self._fd] = self
 
