@@ -24,7 +24,7 @@ from threading import get_ident
 
 import pytest
 
-from twisted.internet import error
+from twisted.internet import error, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.python import failure
@@ -350,6 +350,7 @@ def test_r4_shutdown_with_many_connections_closes_every_fd():
     (Before: clients whose connect op completed after the shutdown's disconnectAll
     stayed connected, their fds open.)
     """
+    tcp._reservedFD.reserve()  # (Twisted's process-wide fd kept for EMFILE at accept)
     before = open_fds()
     reactor = make("uring")
     n = 300

@@ -714,12 +714,51 @@ class Server(_CompletionConnection, tcp.Server):
 class _CompletionConnect:
     """
     The connect of an outgoing stream connection as an io_uring connect op, bounded by
-    the connector's timeout (which cancels it); mixed in before Twisted's client.
+    the connector's timeout (which cancels it); mixed in before Twisted's client (and
+    before L{_CompletionConnection}: its stopReading/stopWriting come first).
+
+    While the connect is in flight the client is listed by getReaders() and
+    getWriters(), as on epoll (where it waits for writability): so removeAll() and
+    disconnectAll() -- which the reactor's shutdown runs -- reach it, and fail it.
 
     @ivar _connectHandle: the connect op's Handle while it is in flight.
+    @ivar _connectFd: the fd listed in the reactor's readers and writers while the
+        connect is in flight, or -1.
     """
 
     _connectHandle = None
+    _connectFd = -1
+
+    def _listConnecting(self):
+        reactor = self.reactor
+        fd = self._connectFd = self.socket.fileno()
+        reactor._reads.add(fd)
+        reactor._writes.add(fd)
+        reactor._selectables[fd] = self
+
+    def _unlistConnecting(self, reads=True, writes=True):
+        fd = self._connectFd
+        if fd < 0:
+            return
+        reactor = self.reactor
+        if reads:
+            reactor._reads.discard(fd)
+        if writes:
+            reactor._writes.discard(fd)
+        if fd not in reactor._reads and fd not in reactor._writes:
+            self._connectFd = -1
+            if reactor._selectables.get(fd) is self:
+                del reactor._selectables[fd]
+
+    def stopReading(self):
+        if self._connectFd >= 0:
+            self._unlistConnecting(writes=False)
+        super().stopReading()
+
+    def stopWriting(self):
+        if self._connectFd >= 0:
+            self._unlistConnecting(reads=False)
+        super().stopWriting()
 
     def doConnect(self):
         if not hasattr(self, "connector"):
@@ -736,10 +775,12 @@ class _CompletionConnect:
             self.failIfNotConnected(error.getConnectError((e.errno, os.strerror(e.errno))))
             return
         self._connectHandle = h
+        self._listConnecting()
         ring.syscall_result(h).addCallbacks(self._connectAnswered, self._connectRefused)
 
     def _connectAnswered(self, _):
         self._connectHandle = None
+        self._unlistConnecting()
         if self.connected or self.disconnected or not hasattr(self, "connector"):
             return
         log.callWithLogger(self, self._connectedNow)
@@ -754,6 +795,7 @@ class _CompletionConnect:
 
     def _connectRefused(self, f):
         self._connectHandle = None
+        self._unlistConnecting()
         f.trap(OSError)
         err = f.value.errno
         if err == errno.ECANCELED:
@@ -762,13 +804,14 @@ class _CompletionConnect:
 
     def _stopReadingAndWriting(self):
         super()._stopReadingAndWriting()
+        self._unlistConnecting()
         h = self._connectHandle
         if h is not None:
             self._connectHandle = None
             self.reactor.ring._cancel_quietly(h)
 
 
-class Client(_CompletionConnection, _CompletionConnect, tcp.Client):
+class Client(_CompletionConnect, _CompletionConnection, tcp.Client):
     """An outgoing TCP connection, on completions."""
 
 

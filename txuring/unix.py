@@ -191,7 +191,7 @@ class Server(_UNIXCompletionConnection, unix.Server):
     """A UNIX stream connection a L{Port} accepted, on completions."""
 
 
-class Client(_UNIXCompletionConnection, _tcp._CompletionConnect, unix.Client):
+class Client(_tcp._CompletionConnect, _UNIXCompletionConnection, unix.Client):
     """An outgoing UNIX stream connection, on completions."""
 
 
