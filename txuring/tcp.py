@@ -845,6 +845,8 @@ class _CompletionPort:
     @ivar _arm: the L{_AcceptArm} of the accept op in flight, or None.
     @ivar _accepting: registered for reading (accepting connections).
     @ivar _armEnded: None, or a Deferred fired when the accept op in flight ended.
+    @ivar _stopWaiters: while a stopListening is under way, the Deferreds of the
+        calls made after it (None otherwise).
     """
 
     _txuringCompletion = True
@@ -852,6 +854,7 @@ class _CompletionPort:
     _accepting = False
     _fd = -1
     _armEnded = None
+    _stopWaiters = None
 
     def startReading(self):
         if self._accepting:
@@ -958,13 +961,31 @@ class _CompletionPort:
         self.disconnecting = True
         self.stopReading()
         if self.connected:
+            if self._stopWaiters is not None:
+                # Stopping already: answered when that stop is done (a second
+                # connectionLost would find no socket).
+                d = Deferred()
+                self._stopWaiters.append(d)
+                return d
+            self._stopWaiters = []
             if self._arm is not None:
                 d = self._armEnded = Deferred()
             else:
                 d = Deferred()
                 self.reactor.callLater(0, d.callback, None)
-            self.deferred = d.addCallback(lambda _: self.connectionLost(connDone))
+            d.addCallback(lambda _: self.connectionLost(connDone))
+            self.deferred = d.addBoth(self._stopAnswered)
             return self.deferred
+
+    def _stopAnswered(self, result):
+        """The stop is done: answer the later stopListening calls like the first."""
+        waiters, self._stopWaiters = self._stopWaiters, None
+        for d in waiters or ():
+            if isinstance(result, failure.Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        return result
 
     stopListening = loseConnection
 
