@@ -681,8 +681,12 @@ class Ring(Operations):
     def _cancel_quietly(self, handle):
         """
         L{cancel} for callers that need no answer (the reactor removing a poll): one
-        cancel SQE, no Deferred. The op still ends with its own final CQE.
+        cancel SQE, no Deferred. The op still ends with its own final CQE. Nothing to
+        do on a closed ring or in a fork child (none of its ops runs here any more):
+        so a transport or port can still be dropped there (disconnectAll).
         """
+        if self._closed or self._forked:
+            return
         if not self._cancelled_locally(handle):
             self._sq.unlinked(self._push, self._new_handle("cancel"), lib.txu_prep_cancel,
                               handle.user_data, -1, 0)
