@@ -82,6 +82,11 @@ _ENOBUFS = -errno.ENOBUFS
 _CQE_F_SOCK_NONEMPTY = 1 << 2
 _CONNECTION_DONE = main.CONNECTION_DONE
 _CONNECTION_LOST = main.CONNECTION_LOST
+#: accept errors that say the socket cannot accept at all (not listening -- never
+#: listen()ed, or shut down --, not a socket, closed): the port is closed. Other
+#: errors (ECONNABORTED, ENOMEM, ENOBUFS, EPERM, the network errors accept(2) passes
+#: on from a pending connection) concern one connection: the accept is re-armed.
+_BROKEN_LISTENER = (-errno.EINVAL, -errno.EBADF, -errno.ENOTSOCK)
 #: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
 _MAX_SEND = 1 << 30
 
@@ -919,6 +924,15 @@ class _CompletionPort:
                 # Twisted's own recovery: release the reserved fd, accept and close
                 # the waiting connections (tcp.Port.doRead with _reservedFD).
                 self.doRead()
+        elif res in _BROKEN_LISTENER:
+            if final and current and self._accepting and not self.disconnected:
+                # Every accept would fail the same way: re-arming would spin. Close
+                # the port, as epoll's does when its poll reports the hang-up.
+                why = OSError(-res, os.strerror(-res))
+                log.msg("Could not accept new connection (%s): stopped listening"
+                        % (errno.errorcode.get(-res, -res),))
+                self.reactor._disconnectSelectable(self, why, False)
+                return
         elif res != _ECANCELED:
             log.msg("Could not accept new connection (%s)"
                     % (errno.errorcode.get(-res, -res),))
