@@ -53,6 +53,7 @@ import errno
 import os
 import select
 import socket
+from threading import get_ident
 
 from zope.interface import implementer
 
@@ -529,6 +530,10 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring = self.ring
         if ring._closed or ring._forked:
             return  # nothing of this ring runs any more
+        if ring._owner != get_ident() and ring._owner is not None:
+            # (a connection dropped from another thread: only the owner preps SQEs)
+            self.callFromThread(self._leanCancel, target)
+            return
         if ring._sq.backlog and ring._unqueue_user_data(target):
             return  # never submitted: ended here (its fd may be closed and reused next)
         ud = next(ring._ids)

@@ -64,6 +64,7 @@ import errno
 import os
 import socket
 import sys
+from threading import get_ident
 
 from twisted.internet import error, main, tcp
 from twisted.internet.abstract import _concatenate
@@ -270,6 +271,8 @@ class _CompletionConnection:
         if self._reading:
             return
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.startReading)
         self._register(reactor._reads)
         self._reading = True
         if self._logContext is None:
@@ -282,8 +285,10 @@ class _CompletionConnection:
     def stopReading(self):
         if not self._reading:
             return
-        self._reading = False
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.stopReading)
+        self._reading = False
         self._unregister(reactor._reads, reactor._writes)
         if self._recvOp is not None:
             self._queuePass()  # cancel the recv then, unless resumed meanwhile
@@ -293,6 +298,8 @@ class _CompletionConnection:
         if self._writing:
             return
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.startWriting)
         fd = self._fd
         if fd < 0:
             self._register(reactor._writes)
@@ -318,6 +325,22 @@ class _CompletionConnection:
             selectables = reactor._selectables
             if selectables.get(fd) is self:
                 del selectables[fd]
+
+    def _callInLoop(self, method):
+        """
+        C{method} (startReading, stopReading, startWriting) was called from a thread
+        other than the reactor's -- a write, loseConnection, pauseProducing or
+        resumeProducing there. Twisted's transports are not thread-safe, but on epoll
+        such a call takes effect (its epoll_ctl wakes the loop); here it would touch
+        the ring's SQ and the end-of-pass list, which only the reactor's thread may.
+        So it is made there, as soon as the loop wakes (callFromThread wakes it),
+        unless the connection ended meanwhile.
+        """
+        def inLoop():
+            if not self.disconnected:
+                method()
+
+        self.reactor.callFromThread(inLoop)
 
     def _queuePass(self):
         if not self._passQueued:
