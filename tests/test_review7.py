@@ -655,3 +655,59 @@ def test_r9_persistent_accept_error_closes_the_port_instead_of_spinning(kind):
         release(reactor)
     assert not out["listening"] and not out["listed"]
     assert len(messages) < 10, "%d log messages in 0.3 s" % (len(messages),)
+
+
+# ---- R10: buffer-ring exhaustion livelocks the dispatch ----
+
+_BURST = r"""
+import sys
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from txuring.reactor import UringReactor
+
+N, SIZE = 400, 65536
+reactor = UringReactor(queueDepth=8, recvBuffers=16)
+state = {"done": 0}
+
+class Sink(Protocol):
+    n = 0
+    def dataReceived(self, data):
+        self.n += len(data)
+        if self.n == SIZE:
+            state["done"] += 1
+            if state["done"] == N:
+                reactor.stop()
+
+class Burst(Protocol):
+    def connectionMade(self):
+        self.transport.write(b"z" * SIZE)
+
+port = reactor.listenTCP(0, Factory.forProtocol(Sink), backlog=1024, interface="127.0.0.1")
+for _ in range(N):
+    reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(Burst))
+reactor.callLater(20, reactor.stop)
+reactor.run(installSignalHandlers=False)
+print("done", state["done"], "rearmed", reactor._recvBufs.rearmed)
+"""
+
+
+def test_r10_buffer_ring_exhaustion_under_a_burst_does_not_livelock():
+    """
+    Hundreds of connections with data waiting and the shared buffer ring empty: each
+    recv ends with ENOBUFS and is re-armed. Re-armed inside the dispatch, with the SQ
+    full, the re-arm was submitted at once and failed again at once (the buffers are
+    handed back only after the dispatch), so the dispatch never ran out of CQEs: the
+    loop hung (even its timers never ran). Here every byte arrives. (In a subprocess:
+    the hang it guards against cannot be interrupted from inside.)
+    """
+    import subprocess
+    import sys
+
+    try:
+        done = subprocess.run([sys.executable, "-c", _BURST], capture_output=True,
+                              timeout=30, text=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the reactor hung (livelock in the dispatch)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    words = done.stdout.split()
+    assert words[:2] == ["done", "400"], done.stdout
+    assert int(words[3]) > 0  # (the buffer ring did run dry: recvs were re-armed)
