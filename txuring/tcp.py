@@ -422,7 +422,14 @@ class _CompletionConnection:
         elif res == _ECANCELED:
             return  # we cancelled it (paused, or the connection ended)
         else:
-            self._bufs.rearmed += 1  # ENOBUFS: re-armed below
+            # ENOBUFS: the buffer ring ran dry. Re-armed at the end of the pass, once
+            # the batch's buffers are back (L{_passEnd}): re-armed now, with the SQ
+            # full, it would be submitted at once and fail again at once, and the
+            # dispatch would never run out of CQEs (a livelock, under a burst).
+            self._bufs.rearmed += 1
+            if current:
+                self._queuePass()
+            return
         if (current and self._reading and self._recvOp is None and not self._readEnded
                 and not self.disconnected):
             if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY:
@@ -433,7 +440,7 @@ class _CompletionConnection:
                 # would, so that the multishot recv starts on a drained socket.
                 self._drainDirectly()
             else:
-                self._armRecv(0)  # ENOBUFS, or no multishot: single-shot again
+                self._armRecv(0)  # no multishot: single-shot again
 
     #: At most this much is read by recv(2) in one _drainDirectly (then a ring recv
     #: takes over, so that one busy stream does not hold the loop).
@@ -670,15 +677,18 @@ class _CompletionConnection:
     def _passEnd(self):
         """
         Called by the reactor once per loop pass in which this connection asked for it:
-        hand over stashed data, cancel a recv the pause still wants stopped, start the
-        next send.
+        hand over stashed data, cancel a recv the pause still wants stopped (or arm the
+        one an ENOBUFS ended), start the next send.
         """
         self._passQueued = False
         if self.disconnected:
             return
         if self._stash and self._reading:
             self._deliverStash()
-        if not self._reading and self._recvOp is not None:
+        if self._recvOp is None:
+            if self._reading and not self._readEnded and not self.disconnected:
+                self._armRecv(0)  # (after ENOBUFS: the buffers are back by now)
+        elif not self._reading:
             op, self._recvOp = self._recvOp, None
             self.reactor._leanCancel(op.ud)
         if self._writing and self._sendOp is None and not self.disconnected:
