@@ -711,3 +711,36 @@ def test_r10_buffer_ring_exhaustion_under_a_burst_does_not_livelock():
     words = done.stdout.split()
     assert words[:2] == ["done", "400"], done.stdout
     assert int(words[3]) > 0  # (the buffer ring did run dry: recvs were re-armed)
+
+
+# ---- R11: a closed port's unsubmitted accept, on a reused fd ----
+
+
+def test_r11_unsubmitted_accept_of_a_closed_port_never_reaches_a_reused_fd():
+    """
+    A port dropped (as disconnectAll drops it) while its accept SQE is prepared but
+    not submitted, and a new port that gets its fd number: the stale accept must not
+    run on the new port's socket. (Before: it accepted the new port's connection,
+    and closed it -- its port was gone.)
+    """
+    reactor = make("uring")
+    got = []
+
+    class Accepted(Protocol):
+        def connectionMade(self):
+            got.append("accepted")
+            reactor.stop()
+
+    try:
+        a = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        fd = a.fileno()
+        reactor.removeReader(a)
+        a.connectionLost(failure.Failure(error.ConnectionDone()))
+        b = reactor.listenTCP(0, Factory.forProtocol(Accepted), interface="127.0.0.1")
+        assert b.fileno() == fd, "the new port did not get the freed fd number"
+        reactor.connectTCP("127.0.0.1", b.getHost().port,
+                           ClientFactory.forProtocol(Protocol))
+        run(reactor, timeout=5)
+        assert got == ["accepted"]
+    finally:
+        release(reactor)
