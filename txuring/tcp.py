@@ -120,6 +120,17 @@ def _filenoToRegister(selectable):
     return skt.fileno()
 
 
+def _forgetUnsubmitted(reactor, fd):
+    """
+    C{fd} is about to be closed: the SQEs naming it that the kernel has not taken yet
+    will fail with EBADF instead of acting on the fd number's next owner (the kernel
+    looks the number up when it takes an SQE; see C{txu_sq_forget_fd}).
+    """
+    ring = reactor.ring
+    if not (ring._closed or ring._forked):
+        lib.txu_sq_forget_fd(ring._r, fd)
+
+
 class _RecvBuffers:
     """
     The reactor's provided-buffer ring for receiving, with what the hot path needs
@@ -719,9 +730,7 @@ class _CompletionConnection:
         C{txu_sq_forget_fd}). (Its ops already submitted hold the socket itself; they
         end with their cancels.)
         """
-        ring = self.reactor.ring
-        if not (ring._closed or ring._forked):
-            lib.txu_sq_forget_fd(ring._r, self.socket.fileno())
+        _forgetUnsubmitted(self.reactor, self.socket.fileno())
         super()._closeSocket(orderly)
         self._fd = -1  # (the number may be another socket's from now on)
 
@@ -1035,6 +1044,15 @@ class _CompletionPort:
         return result
 
     stopListening = loseConnection
+
+    def _closeSocket(self, orderly):
+        """
+        Close the listening socket (Twisted's C{_SocketCloser}); an accept SQE still
+        unsubmitted (armed this pass, the port dropped by disconnectAll) fails with
+        EBADF rather than accept on the socket that gets the fd number next.
+        """
+        _forgetUnsubmitted(self.reactor, self.socket.fileno())
+        super()._closeSocket(orderly)
 
     def _newRing(self):
         self._arm = None
