@@ -744,3 +744,23 @@ def test_r11_unsubmitted_accept_of_a_closed_port_never_reaches_a_reused_fd():
         assert got == ["accepted"]
     finally:
         release(reactor)
+
+
+# ---- R12: the transports' reactor options, checked at the call ----
+
+
+@pytest.mark.parametrize("options", [
+    {"recvBuffers": 500}, {"recvBuffers": 0}, {"recvBuffers": 65536}, {"recvBuffers": "x"},
+    {"recvBufferSize": 0}, {"recvBufferSize": -5}, {"recvBufferSize": 1.5},
+    {"directSendThreshold": "x"}, {"directSendThreshold": -1},
+], ids=lambda o: "%s=%r" % next(iter(o.items())))
+def test_r12_bad_transport_options_are_refused_by_the_constructor(options):
+    """
+    UringReactor(recvBuffers=500) and the like raise at the call, with a sentence
+    naming the option. (Before: accepted; then every connection failed with an error
+    logged from deep inside -- neither side's connectionMade ran -- or the main loop
+    hit "Unexpected error" at every pass.)
+    """
+    name = next(iter(options))
+    with pytest.raises((ValueError, TypeError), match=name):
+        UringReactor(**options)
