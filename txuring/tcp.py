@@ -57,7 +57,16 @@ room (it does not fail with EAGAIN) and may be short; a multishot recv ends with
 ENOBUFS when the buffer ring is empty, with res 0 at EOF, and with ECANCELED after a
 cancel, and its data CQEs carry C{IORING_CQE_F_BUFFER} with the buffer id in the
 upper 16 bits of C{flags}; an op holds its own reference to the file, so closing the
-fd does not end it (the transports cancel their ops on connectionLost).
+fd does not end it (the transports cancel their ops on connectionLost); but an SQE
+names its file by number, looked up only when the kernel takes the SQE, so the SQEs
+of a socket that are not submitted yet when it is closed are made to fail with
+EBADF first, and its queued ones ended (the number may be another socket's at the
+next io_uring_enter: the next accept gets the lowest free number).
+
+Threads: only the reactor's thread may prepare SQEs (the SQ has no lock). Twisted's
+transports are not thread-safe, but on epoll a write or resumeProducing from another
+thread works (epoll_ctl wakes the loop); here such calls are carried out in the
+reactor's thread through callFromThread.
 """
 
 import errno
