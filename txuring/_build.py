@@ -78,6 +78,7 @@ unsigned txu_cq_ready(struct txu_ring *r);
 int txu_harvest(struct txu_ring *r, uint64_t *user_data, int32_t *res, uint32_t *flags,
                 unsigned max);
 int txu_sq_rollback(struct txu_ring *r, unsigned n);
+int txu_sq_forget_fd(struct txu_ring *r, int fd);
 unsigned txu_cq_overflow(struct txu_ring *r);
 unsigned txu_sq_dropped(struct txu_ring *r);
 unsigned txu_sq_flags(struct txu_ring *r);

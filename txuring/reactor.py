@@ -53,6 +53,7 @@ import errno
 import os
 import select
 import socket
+from threading import get_ident
 
 from zope.interface import implementer
 
@@ -163,6 +164,25 @@ class _DrainingPoll(_Poll):
                 self.reactor._pollCompleted(self, res, flags)
 
 
+def _checkTransportOptions(recvBuffers, recvBufferSize, directSendThreshold):
+    """
+    Refuse bad options of the completion transports at the constructor: the buffer
+    ring they size is made only with the first connection, where an error would fail
+    every connection, far from its cause.
+    """
+    if not isinstance(recvBuffers, int) or not 0 < recvBuffers <= 32768 \
+            or recvBuffers & (recvBuffers - 1):
+        raise ValueError("recvBuffers must be a power of two from 1 to 32768 (the "
+                         "buffers of the shared receive buffer ring), not %r"
+                         % (recvBuffers,))
+    if not isinstance(recvBufferSize, int) or not 0 < recvBufferSize < 1 << 31:
+        raise ValueError("recvBufferSize must be an int from 1 to 2**31-1 (bytes per "
+                         "receive buffer), not %r" % (recvBufferSize,))
+    if not isinstance(directSendThreshold, int) or directSendThreshold < 0:
+        raise ValueError("directSendThreshold must be an int >= 0 (0: never send(2) "
+                         "directly), not %r" % (directSendThreshold,))
+
+
 @implementer(IReactorFDSet, IReactorDaemonize)
 class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     """
@@ -200,6 +220,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             loop pass, they call send(2) directly instead of submitting a send op (a
             reply then leaves without a completion round trip); 0 never does.
         """
+        _checkTransportOptions(recvBuffers, recvBufferSize, directSendThreshold)
         self.ring = Ring(queueDepth, start_disabled=True)
         self._multishotPoll = self.ring.op_supported("poll_add_multishot")
         self._reads = set()
@@ -529,6 +550,12 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         ring = self.ring
         if ring._closed or ring._forked:
             return  # nothing of this ring runs any more
+        if ring._owner != get_ident() and ring._owner is not None:
+            # (a connection dropped from another thread: only the owner preps SQEs)
+            self.callFromThread(self._leanCancel, target)
+            return
+        if ring._sq.backlog and ring._unqueue_user_data(target):
+            return  # never submitted: ended here (its fd may be closed and reused next)
         ud = next(ring._ids)
         ring._handles[ud] = _QUIET
         if ring._sq.backlog or lib.txu_lean_cancel(ring._r, target, ud, 0) == -errno.EBUSY:

@@ -685,8 +685,12 @@ class Ring(Operations):
     def _cancel_quietly(self, handle):
         """
         L{cancel} for callers that need no answer (the reactor removing a poll): one
-        cancel SQE, no Deferred. The op still ends with its own final CQE.
+        cancel SQE, no Deferred. The op still ends with its own final CQE. Nothing to
+        do on a closed ring or in a fork child (none of its ops runs here any more):
+        so a transport or port can still be dropped there (disconnectAll).
         """
+        if self._closed or self._forked:
+            return
         if not self._cancelled_locally(handle):
             self._sq.unlinked(self._push, self._new_handle("cancel"), lib.txu_prep_cancel,
                               handle.user_data, -1, 0)
@@ -699,6 +703,20 @@ class Ring(Operations):
         if handle.state == DONE:
             return True
         return handle.state == QUEUED and self._sq.unqueue(handle)
+
+    def _unqueue_user_data(self, user_data):
+        """
+        End the op with C{user_data} here with ECANCELED if it still waits in the
+        overflow queue (a transport's lean op: its record is no Handle); nothing is
+        submitted. Returns whether it was there. Its SQE must never be prepared
+        later: its fd number may belong to another file by then.
+        """
+        sq = self._sq
+        for entry in sq.backlog:
+            for handle in entry.handles:
+                if handle.user_data == user_data:
+                    return sq.unqueue(handle)
+        return False
 
     def cancel_fd(self, fd):
         """Cancel every op on file descriptor C{fd} (5.19). Deferred of the count."""
@@ -713,7 +731,9 @@ class Ring(Operations):
         """
         self._check_usable()
         while len(self._sq):
-            self.cancel(self._sq.first_queued())
+            # (Ended here, never submitted; not through cancel(), which takes Handles
+            # only: a transport's queued op is a lean record.)
+            self._sq.unqueue(self._sq.first_queued())
         if self.op_supported("socket"):  # IORING_ASYNC_CANCEL_ANY came with 5.19's socket
             return self._submit_cancel(0, -1, ASYNC_CANCEL_ANY | ASYNC_CANCEL_ALL,
                                        "cancel_all", count=True)

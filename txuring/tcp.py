@@ -57,13 +57,23 @@ room (it does not fail with EAGAIN) and may be short; a multishot recv ends with
 ENOBUFS when the buffer ring is empty, with res 0 at EOF, and with ECANCELED after a
 cancel, and its data CQEs carry C{IORING_CQE_F_BUFFER} with the buffer id in the
 upper 16 bits of C{flags}; an op holds its own reference to the file, so closing the
-fd does not end it (the transports cancel their ops on connectionLost).
+fd does not end it (the transports cancel their ops on connectionLost); but an SQE
+names its file by number, looked up only when the kernel takes the SQE, so the SQEs
+of a socket that are not submitted yet when it is closed are made to fail with
+EBADF first, and its queued ones ended (the number may be another socket's at the
+next io_uring_enter: the next accept gets the lowest free number).
+
+Threads: only the reactor's thread may prepare SQEs (the SQ has no lock). Twisted's
+transports are not thread-safe, but on epoll a write or resumeProducing from another
+thread works (epoll_ctl wakes the loop); here such calls are carried out in the
+reactor's thread through callFromThread.
 """
 
 import errno
 import os
 import socket
 import sys
+from threading import get_ident
 
 from twisted.internet import error, main, tcp
 from twisted.internet.abstract import _concatenate
@@ -82,6 +92,11 @@ _ENOBUFS = -errno.ENOBUFS
 _CQE_F_SOCK_NONEMPTY = 1 << 2
 _CONNECTION_DONE = main.CONNECTION_DONE
 _CONNECTION_LOST = main.CONNECTION_LOST
+#: accept errors that say the socket cannot accept at all (not listening -- never
+#: listen()ed, or shut down --, not a socket, closed): the port is closed. Other
+#: errors (ECONNABORTED, ENOMEM, ENOBUFS, EPERM, the network errors accept(2) passes
+#: on from a pending connection) concern one connection: the accept is re-armed.
+_BROKEN_LISTENER = (-errno.EINVAL, -errno.EBADF, -errno.ENOTSOCK)
 #: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
 _MAX_SEND = 1 << 30
 
@@ -100,6 +115,29 @@ def _logContextOf(transport):
     ctx = dict(base)
     ctx["system"] = prefix
     return {ILogContext: ctx}
+
+
+def _filenoToRegister(selectable):
+    """
+    The fd of C{selectable}'s socket, to register it; ValueError once the socket is
+    closed, as EPollReactor raises for a selectable whose fileno() is -1 (its old
+    number may be another socket's by now).
+    """
+    skt = getattr(selectable, "socket", None)
+    if skt is None:
+        raise ValueError("%r has no file descriptor: its socket is closed" % (selectable,))
+    return skt.fileno()
+
+
+def _forgetUnsubmitted(reactor, fd):
+    """
+    C{fd} is about to be closed: the SQEs naming it that the kernel has not taken yet
+    will fail with EBADF instead of acting on the fd number's next owner (the kernel
+    looks the number up when it takes an SQE; see C{txu_sq_forget_fd}).
+    """
+    ring = reactor.ring
+    if not (ring._closed or ring._forked):
+        lib.txu_sq_forget_fd(ring._r, fd)
 
 
 class _RecvBuffers:
@@ -237,7 +275,7 @@ class _CompletionConnection:
     def _register(self, primary):
         reactor = self.reactor
         if self._fd < 0:
-            self._fd = self.socket.fileno()
+            self._fd = _filenoToRegister(self)
             self._bufs = reactor._recvBuffers()
         primary.add(self._fd)
         reactor._selectables[self._fd] = self
@@ -253,6 +291,8 @@ class _CompletionConnection:
         if self._reading:
             return
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.startReading)
         self._register(reactor._reads)
         self._reading = True
         if self._logContext is None:
@@ -265,8 +305,10 @@ class _CompletionConnection:
     def stopReading(self):
         if not self._reading:
             return
-        self._reading = False
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.stopReading)
+        self._reading = False
         self._unregister(reactor._reads, reactor._writes)
         if self._recvOp is not None:
             self._queuePass()  # cancel the recv then, unless resumed meanwhile
@@ -275,14 +317,16 @@ class _CompletionConnection:
         # (on every reply's path: _register inlined)
         if self._writing:
             return
-        self._writing = True
         reactor = self.reactor
+        if reactor.ring._owner != get_ident() and reactor.ring._owner is not None:
+            return self._callInLoop(self.startWriting)
         fd = self._fd
         if fd < 0:
             self._register(reactor._writes)
         else:
             reactor._writes.add(fd)
             reactor._selectables[fd] = self
+        self._writing = True
         if self._logContext is None:
             self._logContext = _logContextOf(self)
         if not self._passQueued:
@@ -301,6 +345,22 @@ class _CompletionConnection:
             selectables = reactor._selectables
             if selectables.get(fd) is self:
                 del selectables[fd]
+
+    def _callInLoop(self, method):
+        """
+        C{method} (startReading, stopReading, startWriting) was called from a thread
+        other than the reactor's -- a write, loseConnection, pauseProducing or
+        resumeProducing there. Twisted's transports are not thread-safe, but on epoll
+        such a call takes effect (its epoll_ctl wakes the loop); here it would touch
+        the ring's SQ and the end-of-pass list, which only the reactor's thread may.
+        So it is made there, as soon as the loop wakes (callFromThread wakes it),
+        unless the connection ended meanwhile.
+        """
+        def inLoop():
+            if not self.disconnected:
+                method()
+
+        self.reactor.callFromThread(inLoop)
 
     def _queuePass(self):
         if not self._passQueued:
@@ -382,7 +442,14 @@ class _CompletionConnection:
         elif res == _ECANCELED:
             return  # we cancelled it (paused, or the connection ended)
         else:
-            self._bufs.rearmed += 1  # ENOBUFS: re-armed below
+            # ENOBUFS: the buffer ring ran dry. Re-armed at the end of the pass, once
+            # the batch's buffers are back (L{_passEnd}): re-armed now, with the SQ
+            # full, it would be submitted at once and fail again at once, and the
+            # dispatch would never run out of CQEs (a livelock, under a burst).
+            self._bufs.rearmed += 1
+            if current:
+                self._queuePass()
+            return
         if (current and self._reading and self._recvOp is None and not self._readEnded
                 and not self.disconnected):
             if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY:
@@ -393,7 +460,7 @@ class _CompletionConnection:
                 # would, so that the multishot recv starts on a drained socket.
                 self._drainDirectly()
             else:
-                self._armRecv(0)  # ENOBUFS, or no multishot: single-shot again
+                self._armRecv(0)  # no multishot: single-shot again
 
     #: At most this much is read by recv(2) in one _drainDirectly (then a ring recv
     #: takes over, so that one busy stream does not hold the loop).
@@ -402,14 +469,19 @@ class _CompletionConnection:
     def _drainDirectly(self):
         """
         Read what is queued with recv(2) until the socket is empty (then arm the
-        multishot recv), the budget is spent or reading stops (then a single-shot).
+        multishot recv), the budget is spent or reading stops (then a single-shot), or
+        a ring recv was armed by the protocol meanwhile (it goes on from there).
         """
         budget = self._DIRECT_BUDGET
         recv = self.socket.recv
         size = self.bufferSize
         contexts = self.reactor._logContexts
         while budget > 0:
-            if not self._reading or self.disconnected or self._stash is not None:
+            if not self._reading or self.disconnected or self._stash is not None \
+                    or self._recvOp is not None:
+                # (A ring recv armed meanwhile -- paused and resumed in dataReceived --
+                # owns the reading now: it may take the next bytes as soon as anything
+                # submits, and a recv(2) here would overtake them.)
                 break
             try:
                 data = recv(size)
@@ -625,15 +697,18 @@ class _CompletionConnection:
     def _passEnd(self):
         """
         Called by the reactor once per loop pass in which this connection asked for it:
-        hand over stashed data, cancel a recv the pause still wants stopped, start the
-        next send.
+        hand over stashed data, cancel a recv the pause still wants stopped (or arm the
+        one an ENOBUFS ended), start the next send.
         """
         self._passQueued = False
         if self.disconnected:
             return
         if self._stash and self._reading:
             self._deliverStash()
-        if not self._reading and self._recvOp is not None:
+        if self._recvOp is None:
+            if self._reading and not self._readEnded and not self.disconnected:
+                self._armRecv(0)  # (after ENOBUFS: the buffers are back by now)
+        elif not self._reading:
             op, self._recvOp = self._recvOp, None
             self.reactor._leanCancel(op.ud)
         if self._writing and self._sendOp is None and not self.disconnected:
@@ -654,6 +729,19 @@ class _CompletionConnection:
         self._cancelOps()
         self._stash = None
         super().connectionLost(reason)
+
+    def _closeSocket(self, orderly):
+        """
+        Close the socket (Twisted's C{_SocketCloser}), first turning any SQE that
+        names its fd and is not submitted yet (a recv or send prepared this pass) into
+        one that fails with EBADF: the kernel looks the fd number up only when it takes
+        the SQE, and by then the number may be another connection's (see
+        C{txu_sq_forget_fd}). (Its ops already submitted hold the socket itself; they
+        end with their cancels.)
+        """
+        _forgetUnsubmitted(self.reactor, self.socket.fileno())
+        super()._closeSocket(orderly)
+        self._fd = -1  # (the number may be another socket's from now on)
 
     def _cancelOps(self):
         """Cancel the recv and the send in flight (they hold the socket's file)."""
@@ -682,12 +770,51 @@ class Server(_CompletionConnection, tcp.Server):
 class _CompletionConnect:
     """
     The connect of an outgoing stream connection as an io_uring connect op, bounded by
-    the connector's timeout (which cancels it); mixed in before Twisted's client.
+    the connector's timeout (which cancels it); mixed in before Twisted's client (and
+    before L{_CompletionConnection}: its stopReading/stopWriting come first).
+
+    While the connect is in flight the client is listed by getReaders() and
+    getWriters(), as on epoll (where it waits for writability): so removeAll() and
+    disconnectAll() -- which the reactor's shutdown runs -- reach it, and fail it.
 
     @ivar _connectHandle: the connect op's Handle while it is in flight.
+    @ivar _connectFd: the fd listed in the reactor's readers and writers while the
+        connect is in flight, or -1.
     """
 
     _connectHandle = None
+    _connectFd = -1
+
+    def _listConnecting(self):
+        reactor = self.reactor
+        fd = self._connectFd = self.socket.fileno()
+        reactor._reads.add(fd)
+        reactor._writes.add(fd)
+        reactor._selectables[fd] = self
+
+    def _unlistConnecting(self, reads=True, writes=True):
+        fd = self._connectFd
+        if fd < 0:
+            return
+        reactor = self.reactor
+        if reads:
+            reactor._reads.discard(fd)
+        if writes:
+            reactor._writes.discard(fd)
+        if fd not in reactor._reads and fd not in reactor._writes:
+            self._connectFd = -1
+            if reactor._selectables.get(fd) is self:
+                del reactor._selectables[fd]
+
+    def stopReading(self):
+        if self._connectFd >= 0:
+            self._unlistConnecting(writes=False)
+        super().stopReading()
+
+    def stopWriting(self):
+        if self._connectFd >= 0:
+            self._unlistConnecting(reads=False)
+        super().stopWriting()
 
     def doConnect(self):
         if not hasattr(self, "connector"):
@@ -704,10 +831,12 @@ class _CompletionConnect:
             self.failIfNotConnected(error.getConnectError((e.errno, os.strerror(e.errno))))
             return
         self._connectHandle = h
+        self._listConnecting()
         ring.syscall_result(h).addCallbacks(self._connectAnswered, self._connectRefused)
 
     def _connectAnswered(self, _):
         self._connectHandle = None
+        self._unlistConnecting()
         if self.connected or self.disconnected or not hasattr(self, "connector"):
             return
         log.callWithLogger(self, self._connectedNow)
@@ -722,6 +851,7 @@ class _CompletionConnect:
 
     def _connectRefused(self, f):
         self._connectHandle = None
+        self._unlistConnecting()
         f.trap(OSError)
         err = f.value.errno
         if err == errno.ECANCELED:
@@ -730,13 +860,14 @@ class _CompletionConnect:
 
     def _stopReadingAndWriting(self):
         super()._stopReadingAndWriting()
+        self._unlistConnecting()
         h = self._connectHandle
         if h is not None:
             self._connectHandle = None
             self.reactor.ring._cancel_quietly(h)
 
 
-class Client(_CompletionConnection, _CompletionConnect, tcp.Client):
+class Client(_CompletionConnect, _CompletionConnection, tcp.Client):
     """An outgoing TCP connection, on completions."""
 
 
@@ -770,6 +901,8 @@ class _CompletionPort:
     @ivar _arm: the L{_AcceptArm} of the accept op in flight, or None.
     @ivar _accepting: registered for reading (accepting connections).
     @ivar _armEnded: None, or a Deferred fired when the accept op in flight ended.
+    @ivar _stopWaiters: while a stopListening is under way, the Deferreds of the
+        calls made after it (None otherwise).
     """
 
     _txuringCompletion = True
@@ -777,13 +910,14 @@ class _CompletionPort:
     _accepting = False
     _fd = -1
     _armEnded = None
+    _stopWaiters = None
 
     def startReading(self):
         if self._accepting:
             return
         reactor = self.reactor
+        self._fd = _filenoToRegister(self)
         self._accepting = True
-        self._fd = self.socket.fileno()
         reactor._reads.add(self._fd)
         reactor._selectables[self._fd] = self
         if self._arm is None:
@@ -841,6 +975,15 @@ class _CompletionPort:
                 # Twisted's own recovery: release the reserved fd, accept and close
                 # the waiting connections (tcp.Port.doRead with _reservedFD).
                 self.doRead()
+        elif res in _BROKEN_LISTENER:
+            if final and current and self._accepting and not self.disconnected:
+                # Every accept would fail the same way: re-arming would spin. Close
+                # the port, as epoll's does when its poll reports the hang-up.
+                why = OSError(-res, os.strerror(-res))
+                log.msg("Could not accept new connection (%s): stopped listening"
+                        % (errno.errorcode.get(-res, -res),))
+                self.reactor._disconnectSelectable(self, why, False)
+                return
         elif res != _ECANCELED:
             log.msg("Could not accept new connection (%s)"
                     % (errno.errorcode.get(-res, -res),))
@@ -883,15 +1026,42 @@ class _CompletionPort:
         self.disconnecting = True
         self.stopReading()
         if self.connected:
+            if self._stopWaiters is not None:
+                # Stopping already: answered when that stop is done (a second
+                # connectionLost would find no socket).
+                d = Deferred()
+                self._stopWaiters.append(d)
+                return d
+            self._stopWaiters = []
             if self._arm is not None:
                 d = self._armEnded = Deferred()
             else:
                 d = Deferred()
                 self.reactor.callLater(0, d.callback, None)
-            self.deferred = d.addCallback(lambda _: self.connectionLost(connDone))
+            d.addCallback(lambda _: self.connectionLost(connDone))
+            self.deferred = d.addBoth(self._stopAnswered)
             return self.deferred
 
+    def _stopAnswered(self, result):
+        """The stop is done: answer the later stopListening calls like the first."""
+        waiters, self._stopWaiters = self._stopWaiters, None
+        for d in waiters or ():
+            if isinstance(result, failure.Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        return result
+
     stopListening = loseConnection
+
+    def _closeSocket(self, orderly):
+        """
+        Close the listening socket (Twisted's C{_SocketCloser}); an accept SQE still
+        unsubmitted (armed this pass, the port dropped by disconnectAll) fails with
+        EBADF rather than accept on the socket that gets the fd number next.
+        """
+        _forgetUnsubmitted(self.reactor, self.socket.fileno())
+        super()._closeSocket(orderly)
 
     def _newRing(self):
         self._arm = None

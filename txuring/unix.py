@@ -59,7 +59,7 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
 
     def _register(self, primary):
         if self._fd < 0:
-            self._fd = self.socket.fileno()
+            self._fd = _tcp._filenoToRegister(self)
         primary.add(self._fd)
         self.reactor._selectables[self._fd] = self
 
@@ -191,7 +191,7 @@ class Server(_UNIXCompletionConnection, unix.Server):
     """A UNIX stream connection a L{Port} accepted, on completions."""
 
 
-class Client(_UNIXCompletionConnection, _tcp._CompletionConnect, unix.Client):
+class Client(_tcp._CompletionConnect, _UNIXCompletionConnection, unix.Client):
     """An outgoing UNIX stream connection, on completions."""
 
 

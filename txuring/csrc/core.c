@@ -292,6 +292,32 @@ static int txu_sq_rollback(struct txu_ring *r, unsigned n)
     return 0;
 }
 
+/* An fd is about to be closed: every SQE prepared and not yet taken by the kernel
+ * that names it (by number, not a fixed file) is made to name fd -1 instead, so that
+ * it completes with -EBADF. Kernel fact: an SQE's fd is looked up when the kernel
+ * takes the SQE (io_uring_enter), not when it is written; closed first, the number
+ * could by then belong to another file (the next accept or socket gets the lowest
+ * free number), and the op would act on that one: a send of one connection's bytes
+ * to another's peer, a recv taking another connection's bytes. Cancels (whose fd is
+ * a match key) are left alone. Not for SQPOLL rings, whose kernel thread reads
+ * published SQEs at any time. Returns how many SQEs were changed. */
+static int txu_sq_forget_fd(struct txu_ring *r, int fd)
+{
+    if (!RING_OK(r) || fd < 0 || (r->setup_flags & IORING_SETUP_SQPOLL))
+        return 0;
+    unsigned head = __atomic_load_n(r->sq_khead, __ATOMIC_ACQUIRE);
+    int n = 0;
+    for (unsigned i = head; i != r->sqe_tail; i++) {
+        struct io_uring_sqe *sqe = &r->sqes[i & r->sq_mask];
+        if (sqe->fd == fd && !(sqe->flags & IOSQE_FIXED_FILE) &&
+            sqe->opcode != IORING_OP_ASYNC_CANCEL) {
+            sqe->fd = -1;
+            n++;
+        }
+    }
+    return n;
+}
+
 /* Make every prepared SQE visible to the kernel; returns how many are pending. */
 static unsigned flush_sq(struct txu_ring *r)
 {
