@@ -1170,14 +1170,27 @@ def _worker_limits(max_workers):
 
 
 def _stat_and_read(stat_d, read_d, closed_d=None):
-    """The Deferred of L{RingOps.fstat_read}, fired once all its ops have ended."""
-    out = Deferred(lambda _: (stat_d.cancel(), read_d.cancel()))
+    """
+    The Deferred of L{RingOps.fstat_read}, fired once all its ops have ended. A cancel
+    reaches the stat and the read; its CancelledError waits (paused) until all of
+    them, the close included, have ended: the kernel has let go of the buffer, and the
+    fd a closing chain was given is closed.
+    """
+    def cancel(d):
+        _cancel_paused(d)
+        stat_d.cancel()
+        read_d.cancel()
+
+    out = Deferred(cancel)
     results = {}
     waiting = 2 if closed_d is None else 3
 
     def ended(result, which):
         results[which] = result
-        if len(results) < waiting or out.called:
+        if len(results) < waiting:
+            return None
+        if out.called:  # cancelled: its CancelledError waited for this
+            out.unpause()
             return None
         st, n = results["stat"], results["read"]
         if isinstance(st, Failure):
