@@ -803,33 +803,59 @@ class FileSystem:
         ops = self._ops()
         # Callbacks rather than a coroutine: this is the hot path of small-file
         # servers, and each coroutine step costs. Two trips for a small file: the
-        # open, then its stat, first read and close in one hard-linked chain.
-        # A cancel reaches the op in flight; the fd is closed whatever happens.
-        return ops.open(path, os.O_RDONLY).addCallback(self._rf_opened, ops, path)
+        # open (with a stat of the path alongside it), then the fd's stat, first read
+        # and close in one hard-linked chain. That chain reads before it knows what
+        # the fd is, so only a regular file gets it: a FIFO's or a terminal's data,
+        # once read, cannot be read again, and a FIFO opened again waits for a writer
+        # that may never come. A cancel reaches the ops in flight; the fd is closed
+        # whatever happens.
+        kind = ops.stat(path)
+        return ops.open(path, os.O_RDONLY).addBoth(self._rf_opened, ops, path, kind)
 
-    def _rf_opened(self, fd, ops, path):
-        buf = bytearray(ITER_CHUNK)
-        d = ops.fstat_read(fd, buf, close=True)
-        return d.addCallback(self._rf_read, ops, path, buf)
+    def _rf_opened(self, fd, ops, path, kind):
+        if isinstance(fd, Failure):
+            kind.addErrback(lambda _: None)
+            kind.cancel()
+            return fd
+        return kind.addBoth(self._rf_kind, fd, ops, path)
+
+    def _rf_kind(self, st, fd, ops, path):
+        if isinstance(st, Failure):
+            if not st.check(OSError):
+                return _close_then(st, ops, fd)  # a cancel
+            st = None  # (the path changed after the open: the fd's own stat decides)
+        if st is not None and _stat.S_ISREG(st.st_mode):
+            buf = bytearray(ITER_CHUNK)
+            d = ops.fstat_read(fd, buf, close=True)
+            return d.addCallback(self._rf_read, ops, path, buf)
+        return self._rf_general(fd, ops, path)
 
     def _rf_read(self, st_n, ops, path, buf):
         st, n = st_n
         if _stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if _stat.S_ISREG(st.st_mode) and n is not None and n == st.st_size and n < len(buf):
+        if not _stat.S_ISREG(st.st_mode):
+            # The path named a regular file at the open's stat and something else by
+            # the time it was opened: what the chain read of it may be gone for good.
+            raise OSError(errno.EAGAIN, "%r was replaced by a file that is not a "
+                          "regular file while it was read" % (path,), path)
+        if n is not None and n == st.st_size and n < len(buf):
             del buf[n:]  # all of it: the common case of a small file, one trip
             return bytes(buf)
-        # Bigger than the first read, not a regular file, or changing: the general loop
-        # on a new fd (that first one is closed by now).
-        return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops)
+        # Bigger than the first read, or changing: the general loop on a new fd (that
+        # first one is closed by now).
+        return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops, path)
 
-    def _rf_general(self, fd, ops):
-        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd)
+    def _rf_general(self, fd, ops, path):
+        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd, path)
         return d.addBoth(_close_then, ops, fd)
 
-    def _rf_stat(self, st, ops, fd):
+    def _rf_stat(self, st, ops, fd, path):
+        if _stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         regular = _stat.S_ISREG(st.st_mode)
-        return _run(_read_all(ops, fd, 0, st.st_size if regular else 0, regular))
+        return _run(_read_all(ops, fd, 0 if regular else None,
+                              st.st_size if regular else 0, regular))
 
     async def _open_file(self, ops, path, flags, mode=0o666):
         """
