@@ -154,3 +154,42 @@ def test_filesystem_does_not_keep_a_reactor_alive(tmp_path):
     # A process that makes reactors (a test suite, a tool running one per job) must
     # not keep each, and what it holds (a UringReactor's ring), for its whole life.
     assert run(tmp_path, KEEPS_REACTORS) == [False, False]
+
+
+# ---- 4. txuring.web: a GET of a FIFO in the served tree eats what was written ----
+
+WEB_FIFO = """
+import http.client
+from twisted.internet import threads
+from twisted.web import server
+from txuring.web import Directory
+site = os.path.join(TMP, "site")
+os.mkdir(site)
+fifo = os.path.join(site, "fifo")
+os.mkfifo(fifo)
+keeper = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # both ends: writes do not block
+os.write(keeper, b"queued for the real reader")
+port = reactor.listenTCP(0, server.Site(Directory(site)),
+                         interface="127.0.0.1").getHost().port
+def client():
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    c.request("GET", "/fifo")
+    status = c.getresponse().status
+    c.close()
+    return status
+def done(status):
+    try:
+        left = os.read(keeper, 100).decode()
+    except BlockingIOError:
+        left = ""
+    report([status if isinstance(status, int) else repr(status), left])
+reactor.callWhenRunning(lambda: threads.deferToThread(client).addBoth(done))
+reactor.run()
+"""
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_web_get_of_a_fifo_leaves_its_data(tmp_path, backend):
+    # Not a regular file: a 404, as static.File's isfile() check would give, and a
+    # remote client must not drain what a local process queued for its reader.
+    assert run(tmp_path, WEB_FIFO, backend) == [404, "queued for the real reader"]
