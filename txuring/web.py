@@ -365,19 +365,34 @@ class Directory(resource.Resource):
         small file costs two trips through the reactor (open; stat and read) and its
         close is not waited for.
         """
+        # The head read goes with the fstat, before the fd's type is known: so a
+        # stat of the path, alongside the open (same trip), keeps it to regular
+        # files. A FIFO's data, read, would be gone from its real reader. (A FIFO
+        # swapped in between that stat and the open is still read: the fstat decides
+        # what is served, never that stat.)
+        kind = None if flags & os.O_PATH else ops.stat(rel, True, root)
         try:
             fd = await ops.open(rel, flags, 0, resolve=self._resolve_flags(), dir_fd=root)
-        except OSError as e:
-            if e.errno in _NOT_FOUND:
+        except BaseException as e:
+            if kind is not None:
+                kind.addErrback(lambda _: None)
+                kind.cancel()
+            if isinstance(e, OSError) and e.errno in _NOT_FOUND:
                 return None, self.childNotFound, None
-            if e.errno in _FORBIDDEN:
+            if isinstance(e, OSError) and e.errno in _FORBIDDEN:
                 return None, self.forbidden, None
             raise
-        buf = None if flags & os.O_PATH else bytearray(self.chunk_size)
         try:
-            if buf is None:  # (an O_PATH fd cannot be read)
+            regular = False
+            if kind is not None:
+                try:
+                    regular = _stat.S_ISREG((await kind).st_mode)
+                except OSError:
+                    pass
+            if not regular:  # (an O_PATH fd cannot be read)
                 st, n = await ops.fstat(fd), None
             else:
+                buf = bytearray(self.chunk_size)
                 st, n = await ops.fstat_read(fd, buf)
         except BaseException:
             await txfs._close(ops, fd)
