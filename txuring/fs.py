@@ -63,7 +63,6 @@ import stat as _stat
 import sys
 import threading
 import warnings
-import weakref
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -1688,7 +1687,13 @@ class _Chunks:
 
 # ---- module-level functions on the global reactor ----
 
-_filesystems = weakref.WeakKeyDictionary()
+#: The attribute of a reactor that holds its FileSystem. On the reactor itself, not in
+#: a module-level mapping: a FileSystem refers to its reactor, so a mapping's value
+#: would keep its key (and the reactor's ring, threads, sockets) alive for the life of
+#: the process; as an attribute the two are one cycle, collected together.
+_ATTR = "_txuring_filesystem"
+#: FileSystems of reactors that take no attribute (kept for the life of the process).
+_pinned = {}
 _lock = threading.Lock()
 
 
@@ -1698,22 +1703,23 @@ def filesystem(reactor=None):
         reactor = sys.modules.get("twisted.internet.reactor")
         if reactor is None:  # not installed yet: the import installs the default
             from twisted.internet import reactor
-    fs = _last_filesystem
+    fs = getattr(reactor, _ATTR, None)
     if fs is not None and fs.reactor is reactor:
         return fs  # the module-level functions' common case, without the lock
     return _filesystem_of(reactor)
 
 
-_last_filesystem = None  # the FileSystem filesystem() gave last
-
-
 def _filesystem_of(reactor):
-    global _last_filesystem
     with _lock:
-        fs = _filesystems.get(reactor)
-        if fs is None:
-            fs = _filesystems[reactor] = FileSystem(reactor)
-        _last_filesystem = fs
+        fs = getattr(reactor, _ATTR, None)
+        if fs is None or fs.reactor is not reactor:
+            fs = _pinned.get(id(reactor))
+        if fs is None or fs.reactor is not reactor:
+            fs = FileSystem(reactor)
+            try:
+                setattr(reactor, _ATTR, fs)
+            except (AttributeError, TypeError):
+                _pinned[id(reactor)] = fs  # (holds the reactor: its id stays its own)
         return fs
 
 
