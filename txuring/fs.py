@@ -63,7 +63,6 @@ import stat as _stat
 import sys
 import threading
 import warnings
-import weakref
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -803,33 +802,59 @@ class FileSystem:
         ops = self._ops()
         # Callbacks rather than a coroutine: this is the hot path of small-file
         # servers, and each coroutine step costs. Two trips for a small file: the
-        # open, then its stat, first read and close in one hard-linked chain.
-        # A cancel reaches the op in flight; the fd is closed whatever happens.
-        return ops.open(path, os.O_RDONLY).addCallback(self._rf_opened, ops, path)
+        # open (with a stat of the path alongside it), then the fd's stat, first read
+        # and close in one hard-linked chain. That chain reads before it knows what
+        # the fd is, so only a regular file gets it: a FIFO's or a terminal's data,
+        # once read, cannot be read again, and a FIFO opened again waits for a writer
+        # that may never come. A cancel reaches the ops in flight; the fd is closed
+        # whatever happens.
+        kind = ops.stat(path)
+        return ops.open(path, os.O_RDONLY).addBoth(self._rf_opened, ops, path, kind)
 
-    def _rf_opened(self, fd, ops, path):
-        buf = bytearray(ITER_CHUNK)
-        d = ops.fstat_read(fd, buf, close=True)
-        return d.addCallback(self._rf_read, ops, path, buf)
+    def _rf_opened(self, fd, ops, path, kind):
+        if isinstance(fd, Failure):
+            kind.addErrback(lambda _: None)
+            kind.cancel()
+            return fd
+        return kind.addBoth(self._rf_kind, fd, ops, path)
+
+    def _rf_kind(self, st, fd, ops, path):
+        if isinstance(st, Failure):
+            if not st.check(OSError):
+                return _close_then(st, ops, fd)  # a cancel
+            st = None  # (the path changed after the open: the fd's own stat decides)
+        if st is not None and _stat.S_ISREG(st.st_mode):
+            buf = bytearray(ITER_CHUNK)
+            d = ops.fstat_read(fd, buf, close=True)
+            return d.addCallback(self._rf_read, ops, path, buf)
+        return self._rf_general(fd, ops, path)
 
     def _rf_read(self, st_n, ops, path, buf):
         st, n = st_n
         if _stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if _stat.S_ISREG(st.st_mode) and n is not None and n == st.st_size and n < len(buf):
+        if not _stat.S_ISREG(st.st_mode):
+            # The path named a regular file at the open's stat and something else by
+            # the time it was opened: what the chain read of it may be gone for good.
+            raise OSError(errno.EAGAIN, "%r was replaced by a file that is not a "
+                          "regular file while it was read" % (path,), path)
+        if n is not None and n == st.st_size and n < len(buf):
             del buf[n:]  # all of it: the common case of a small file, one trip
             return bytes(buf)
-        # Bigger than the first read, not a regular file, or changing: the general loop
-        # on a new fd (that first one is closed by now).
-        return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops)
+        # Bigger than the first read, or changing: the general loop on a new fd (that
+        # first one is closed by now).
+        return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops, path)
 
-    def _rf_general(self, fd, ops):
-        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd)
+    def _rf_general(self, fd, ops, path):
+        d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd, path)
         return d.addBoth(_close_then, ops, fd)
 
-    def _rf_stat(self, st, ops, fd):
+    def _rf_stat(self, st, ops, fd, path):
+        if _stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
         regular = _stat.S_ISREG(st.st_mode)
-        return _run(_read_all(ops, fd, 0, st.st_size if regular else 0, regular))
+        return _run(_read_all(ops, fd, 0 if regular else None,
+                              st.st_size if regular else 0, regular))
 
     async def _open_file(self, ops, path, flags, mode=0o666):
         """
@@ -1170,14 +1195,27 @@ def _worker_limits(max_workers):
 
 
 def _stat_and_read(stat_d, read_d, closed_d=None):
-    """The Deferred of L{RingOps.fstat_read}, fired once all its ops have ended."""
-    out = Deferred(lambda _: (stat_d.cancel(), read_d.cancel()))
+    """
+    The Deferred of L{RingOps.fstat_read}, fired once all its ops have ended. A cancel
+    reaches the stat and the read; its CancelledError waits (paused) until all of
+    them, the close included, have ended: the kernel has let go of the buffer, and the
+    fd a closing chain was given is closed.
+    """
+    def cancel(d):
+        _cancel_paused(d)
+        stat_d.cancel()
+        read_d.cancel()
+
+    out = Deferred(cancel)
     results = {}
     waiting = 2 if closed_d is None else 3
 
     def ended(result, which):
         results[which] = result
-        if len(results) < waiting or out.called:
+        if len(results) < waiting:
+            return None
+        if out.called:  # cancelled: its CancelledError waited for this
+            out.unpause()
             return None
         st, n = results["stat"], results["read"]
         if isinstance(st, Failure):
@@ -1649,7 +1687,13 @@ class _Chunks:
 
 # ---- module-level functions on the global reactor ----
 
-_filesystems = weakref.WeakKeyDictionary()
+#: The attribute of a reactor that holds its FileSystem. On the reactor itself, not in
+#: a module-level mapping: a FileSystem refers to its reactor, so a mapping's value
+#: would keep its key (and the reactor's ring, threads, sockets) alive for the life of
+#: the process; as an attribute the two are one cycle, collected together.
+_ATTR = "_txuring_filesystem"
+#: FileSystems of reactors that take no attribute (kept for the life of the process).
+_pinned = {}
 _lock = threading.Lock()
 
 
@@ -1659,22 +1703,23 @@ def filesystem(reactor=None):
         reactor = sys.modules.get("twisted.internet.reactor")
         if reactor is None:  # not installed yet: the import installs the default
             from twisted.internet import reactor
-    fs = _last_filesystem
+    fs = getattr(reactor, _ATTR, None)
     if fs is not None and fs.reactor is reactor:
         return fs  # the module-level functions' common case, without the lock
     return _filesystem_of(reactor)
 
 
-_last_filesystem = None  # the FileSystem filesystem() gave last
-
-
 def _filesystem_of(reactor):
-    global _last_filesystem
     with _lock:
-        fs = _filesystems.get(reactor)
-        if fs is None:
-            fs = _filesystems[reactor] = FileSystem(reactor)
-        _last_filesystem = fs
+        fs = getattr(reactor, _ATTR, None)
+        if fs is None or fs.reactor is not reactor:
+            fs = _pinned.get(id(reactor))
+        if fs is None or fs.reactor is not reactor:
+            fs = FileSystem(reactor)
+            try:
+                setattr(reactor, _ATTR, fs)
+            except (AttributeError, TypeError):
+                _pinned[id(reactor)] = fs  # (holds the reactor: its id stays its own)
         return fs
 
 

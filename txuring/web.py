@@ -415,7 +415,8 @@ class Directory(resource.Resource):
             is punted to a kernel worker when the file is in the page cache;
           - otherwise (or where the path crosses a mount point: EXDEV) the fstat and
             the read go in together (L{txuring.fs.RingOps.fstat_read}), the statx
-            run by a kernel worker.
+            run by a kernel worker, for a regular file only (a stat of the path
+            goes with the open).
         """
         if local and not flags & os.O_PATH and ops.kind == "io_uring":
             try:
@@ -426,15 +427,32 @@ class Directory(resource.Resource):
                     return self._open_failed(e)
             else:
                 return await self._stat_here_and_read(ops, fd)
+        # The head read goes with the fstat, before the fd's type is known: so a
+        # stat of the path, alongside the open (same trip), keeps it to regular
+        # files. A FIFO's data, read, would be gone from its real reader. (A FIFO
+        # swapped in between that stat and the open is still read: the fstat decides
+        # what is served, never that stat.)
+        kind = None if flags & os.O_PATH else ops.stat(rel, True, root)
         try:
             fd = await ops.open(rel, flags, 0, resolve=self._resolve_flags(), dir_fd=root)
-        except OSError as e:
-            return self._open_failed(e)
-        buf = None if flags & os.O_PATH else bytearray(self.chunk_size)
+        except BaseException as e:
+            if kind is not None:
+                kind.addErrback(lambda _: None)
+                kind.cancel()
+            if isinstance(e, OSError):
+                return self._open_failed(e)
+            raise
         try:
-            if buf is None:  # (an O_PATH fd cannot be read)
+            regular = False
+            if kind is not None:
+                try:
+                    regular = _stat.S_ISREG((await kind).st_mode)
+                except OSError:
+                    pass
+            if not regular:  # (an O_PATH fd cannot be read)
                 st, n = await ops.fstat(fd), None
             else:
+                buf = bytearray(self.chunk_size)
                 st, n = await ops.fstat_read(fd, buf)
         except BaseException:
             await txfs._close(ops, fd)
