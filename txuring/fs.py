@@ -261,6 +261,9 @@ class ThreadOps:
     def fstat_read(self, fd, buf, close=False):
         return self.call(_blocking_fstat_read, fd, buf, close)
 
+    def read_close(self, fd, buf):
+        return self.call(_blocking_read_close, fd, buf)
+
     def fsync(self, fd, datasync=False):
         return self.call(os.fdatasync if datasync else os.fsync, fd)
 
@@ -394,6 +397,16 @@ def _blocking_stat(path, follow_symlinks, dir_fd):
 
 def _blocking_fstat(fd):
     return _stat_of(os.fstat(fd))
+
+
+def _blocking_read_close(fd, buf):
+    try:
+        try:
+            return None, os.preadv(fd, [buf], 0)
+        except OSError:
+            return None, None
+    finally:
+        os.close(fd)
 
 
 def _blocking_fstat_read(fd, buf, close):
@@ -540,6 +553,25 @@ class RingOps:
         if close_h is not None:
             closed = self._result(close_h).addErrback(_close_unless_ran, fd)
         return _stat_and_read(self._result(stat_h), self._result(read_h), closed)
+
+    def read_close(self, fd, buf):
+        """
+        Deferred[(None, n)]: a read into C{buf} from offset 0 (C{n} bytes, or None if
+        it failed), then the close of C{fd}, hard-linked (IOSQE_IO_HARDLINK, 5.5: the
+        close runs whatever the read gave): a file whose size is known, read and
+        closed in one trip. Fires once both have ended.
+        """
+        if not self._has("close"):
+            return self.threads.read_close(fd, buf)
+        try:
+            with self.ring.linked(hard=True):
+                read_h = self.ring.read(fd, buf, 0)
+                close_h = self.ring.close(fd)
+        except (errors.RingClosed, errors.RingForked):
+            _close_now(fd).addErrback(lambda _: None)
+            raise
+        closed = self._result(close_h).addErrback(_close_unless_ran, fd)
+        return _stat_and_read(defer.succeed(None), self._result(read_h), closed)
 
     def fsync(self, fd, datasync=False):
         return self._result(self.ring.fsync(fd, datasync=datasync))
@@ -802,11 +834,10 @@ class FileSystem:
         ops = self._ops()
         # Callbacks rather than a coroutine: this is the hot path of small-file
         # servers, and each coroutine step costs. Two trips for a small file: the
-        # open (with a stat of the path alongside it), then the fd's stat, first read
-        # and close in one hard-linked chain. That chain reads before it knows what
-        # the fd is, so only a regular file gets it: a FIFO's or a terminal's data,
-        # once read, cannot be read again, and a FIFO opened again waits for a writer
-        # that may never come. A cancel reaches the ops in flight; the fd is closed
+        # open with a stat of the path alongside it, then its read and close in one
+        # hard-linked chain. Only a regular file (as that stat says) gets the chain:
+        # a FIFO's or a terminal's data, once read, cannot be read again, and a FIFO
+        # opened again waits for a writer that may never come. A cancel reaches the ops in flight; the fd is closed
         # whatever happens.
         kind = ops.stat(path)
         return ops.open(path, os.O_RDONLY).addBoth(self._rf_opened, ops, path, kind)
@@ -823,26 +854,21 @@ class FileSystem:
             if not st.check(OSError):
                 return _close_then(st, ops, fd)  # a cancel
             st = None  # (the path changed after the open: the fd's own stat decides)
-        if st is not None and _stat.S_ISREG(st.st_mode):
-            buf = bytearray(ITER_CHUNK)
-            d = ops.fstat_read(fd, buf, close=True)
-            return d.addCallback(self._rf_read, ops, path, buf)
+        if st is not None and _stat.S_ISREG(st.st_mode) and st.st_size < ITER_CHUNK:
+            # The size is known: one read of it (and a byte more, to see the file
+            # grew), then the close, in one trip.
+            buf = bytearray(st.st_size + 1)
+            d = ops.read_close(fd, buf)
+            return d.addCallback(self._rf_read, ops, path, buf, st.st_size)
         return self._rf_general(fd, ops, path)
 
-    def _rf_read(self, st_n, ops, path, buf):
-        st, n = st_n
-        if _stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-        if not _stat.S_ISREG(st.st_mode):
-            # The path named a regular file at the open's stat and something else by
-            # the time it was opened: what the chain read of it may be gone for good.
-            raise OSError(errno.EAGAIN, "%r was replaced by a file that is not a "
-                          "regular file while it was read" % (path,), path)
-        if n is not None and n == st.st_size and n < len(buf):
-            del buf[n:]  # all of it: the common case of a small file, one trip
+    def _rf_read(self, st_n, ops, path, buf, size):
+        n = st_n[1]
+        if n == size:
+            del buf[n:]  # all of it: the common case of a small file
             return bytes(buf)
-        # Bigger than the first read, or changing: the general loop on a new fd (that
-        # first one is closed by now).
+        # The file changed between the stat and the read (or the path now names
+        # something else): the general loop on a new fd (that first one is closed).
         return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops, path)
 
     def _rf_general(self, fd, ops, path):
