@@ -278,7 +278,7 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
         (root / ("f%03d" % i)).write_bytes(content(i, 0, 2000))
     server = servers(reactor, web_root=str(root))
     http_get(server.port("web"), b"/files/f000")  # (the root's fd is opened once)
-    base = server.fds()
+    base = server.settled_fds()  # (not counting that request's socket or file)
     stop = threading.Event()
     mutations = [0]
 
