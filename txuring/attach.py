@@ -14,6 +14,11 @@ from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.python import log
 
+from txuring.ring import Ring
+
+#: What a RingDriver calls on its reactor (IReactorFDSet and IReactorTime).
+_REACTOR_METHODS = ("addReader", "removeReader", "callLater")
+
 
 @implementer(IReadDescriptor)
 class RingDriver:
@@ -29,17 +34,39 @@ class RingDriver:
     """
 
     def __init__(self, ring, reactor):
+        # Everything is checked before anything is changed: a refused RingDriver
+        # leaves no eventfd registered with the ring (which takes only one).
+        if not isinstance(ring, Ring):
+            raise TypeError("a RingDriver drives a txuring.Ring, not %s"
+                            % (type(ring).__name__,))
+        missing = [name for name in _REACTOR_METHODS
+                   if not callable(getattr(reactor, name, None))]
+        if missing:
+            raise TypeError("a RingDriver needs a reactor with %s (IReactorFDSet and "
+                            "IReactorTime); %s has no %s"
+                            % (", ".join(_REACTOR_METHODS), type(reactor).__name__,
+                               ", ".join(missing)))
+        ring._check_usable()
         self.ring = ring
         self.reactor = reactor
+        self._flush_call = None
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             ring.register_eventfd(self._eventfd)  # EBUSY if it has one already
         except BaseException:
             os.close(self._eventfd)
+            self._eventfd = -1
             raise
-        self._flush_call = None
+        try:
+            reactor.addReader(self)
+        except BaseException:
+            self._eventfd, fd = -1, self._eventfd
+            try:
+                ring.unregister_eventfd()
+            finally:
+                os.close(fd)
+            raise
         ring.on_pending = self._schedule_flush
-        reactor.addReader(self)
         if ring.sqe_ready:
             self._schedule_flush()
 

@@ -20,14 +20,34 @@ as a context manager that hands the buffer back when the block ends.
 """
 
 import errno
+import mmap
+import os
 from contextlib import contextmanager
 from threading import get_ident
 
 from txuring import errors
 from txuring._core import ffi, lib
+from txuring.ring import Ring
 
 CQE_F_BUFFER = 1 << 0  # IORING_CQE_F_BUFFER: the CQE used a provided buffer
 CQE_BUFFER_SHIFT = 16  # IORING_CQE_BUFFER_SHIFT: its id is in flags' upper 16 bits
+
+#: A buffer group has fewer than 65536 entries, a power of two (io_register_pbuf_ring
+#: refuses more, 5.19): so 32768 at most.
+MAX_ENTRIES = 32768
+
+#: The kernel reads or receives at most MAX_RW_COUNT (INT_MAX rounded down to a page)
+#: bytes in one call (import_ubuf caps the length), and a CQE's result is a 32-bit
+#: int: a larger buffer is never filled past this.
+MAX_BUFFER_SIZE = 0x7FFFFFFF & ~(mmap.PAGESIZE - 1)
+
+
+def _physical_memory():
+    """The machine's RAM in bytes (None where sysconf does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 class BufferRing:
@@ -42,12 +62,23 @@ class BufferRing:
     """
 
     def __init__(self, ring, entries=256, buffer_size=4096, group_id=None):
+        if not isinstance(ring, Ring):
+            raise TypeError("a BufferRing is registered with a txuring.Ring, not %s"
+                            % (type(ring).__name__,))
         ring._check_usable()
         if not isinstance(entries, int) or entries <= 0 or entries & (entries - 1) \
-                or entries > 32768:
-            raise ValueError("entries must be a power of two from 1 to 32768")
-        if not isinstance(buffer_size, int) or not 0 < buffer_size <= 0xFFFFFFFF:
-            raise ValueError("buffer_size must be an int from 1 to 2**32-1")
+                or entries > MAX_ENTRIES:
+            raise ValueError("entries must be a power of two from 1 to %d (the kernel's "
+                             "limit for a buffer group), not %r" % (MAX_ENTRIES, entries))
+        if not isinstance(buffer_size, int) or not 0 < buffer_size <= MAX_BUFFER_SIZE:
+            raise ValueError("buffer_size must be an int from 1 to %d (MAX_RW_COUNT: the "
+                             "most the kernel reads or receives in one call), not %r"
+                             % (MAX_BUFFER_SIZE, buffer_size))
+        ram = _physical_memory()
+        if ram is not None and entries * buffer_size > ram:
+            raise ValueError("%d buffers of %d bytes (%d bytes) are more than this "
+                             "machine's memory (%d bytes)"
+                             % (entries, buffer_size, entries * buffer_size, ram))
         if group_id is None:
             group_id = next(g for g in range(65536) if g not in ring._buffer_rings)
         elif not isinstance(group_id, int) or not 0 <= group_id < 65536:
@@ -61,7 +92,10 @@ class BufferRing:
         self.closed = True
         # The buffers: held here for as long as this object lives, and every op that
         # names the group holds this object until its final CQE (Handle keep).
-        self._mem = bytearray(entries * buffer_size)
+        # Private anonymous memory, page-aligned, taken from the system as the kernel
+        # first writes into each page (not all at once, as a zero-filled bytearray
+        # would); private, so that a fork child's copy is its own.
+        self._mem = mmap.mmap(-1, entries * buffer_size, flags=mmap.MAP_PRIVATE)
         self._view = memoryview(self._mem)
         self._base = ffi.from_buffer(self._mem)
         self._b = ffi.new("struct txu_bufring *")

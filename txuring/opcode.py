@@ -132,6 +132,22 @@ def _path(path, what="path"):
     return b
 
 
+def _callback(callback, op, required):
+    """
+    Refuse a callback that can not be called, at the call: the kernel would otherwise
+    accept the op, and every CQE would fail in dispatch (logged, far from the mistake),
+    while a multishot read's or recv's buffers, never taken, drained the buffer ring.
+    """
+    if callback is None:
+        if required:
+            raise TypeError("%s needs a callback(res, flags), called for every CQE"
+                            % (op,))
+    elif not callable(callback):
+        raise TypeError("the callback of %s must be callable as callback(res, flags), "
+                        "not %s" % (op, type(callback).__name__))
+    return callback
+
+
 def _fd(fd):
     if hasattr(fd, "fileno"):
         fd = fd.fileno()
@@ -421,6 +437,7 @@ class Operations:
         C{callback(res, flags)} gets every CQE (see L{txuring.bufring.BufferRing.take}).
         """
         self._require("read_multishot")
+        _callback(callback, "read_multishot", True)
         h = self._new_handle("read_multishot", keep=(buffer_ring,), callback=callback)
         h._bufring = self._buffer_ring_of(buffer_ring)
         return self._push(h, lib.txu_prep_read_multishot, _fd(fd), buffer_ring.group_id,
@@ -559,7 +576,7 @@ class Operations:
                 raise ValueError("a multishot poll needs a callback")
         else:
             self._require("poll_add")
-        h = self._new_handle("poll_add", callback=callback)
+        h = self._new_handle("poll_add", callback=_callback(callback, "poll_add", False))
         return self._push(h, lib.txu_prep_poll_add, _fd(fd), _nonneg(events, "events"),
                           1 if multishot else 0)
 
@@ -611,8 +628,11 @@ class Operations:
             self._require("accept_multishot")
             if callback is None:
                 raise ValueError("a multishot accept needs a callback")
-            h = self._new_handle("accept", callback=callback)
+            h = self._new_handle("accept", callback=_callback(callback, "accept", True))
             return self._push(h, lib.txu_prep_accept, _fd(fd), ffi.NULL, ffi.NULL, flags, 1)
+        if callback is not None:
+            raise ValueError("a callback is for accept(multishot=True); a single "
+                             "accept's (fd, address) comes from syscall_result(handle)")
         self._require("accept")
         storage, length = new_sockaddr_storage()
         h = self._new_handle("accept", keep=(storage, length), release=_close_accepted,
@@ -662,6 +682,7 @@ class Operations:
         error, or ENOBUFS when the buffer ring ran dry: then start it again.
         """
         self._require("recv_multishot")
+        _callback(callback, "recv_multishot", True)
         h = self._new_handle("recv_multishot", keep=(buffer_ring,), callback=callback)
         h._bufring = self._buffer_ring_of(buffer_ring)
         return self._push(h, lib.txu_prep_recv_multishot, _fd(fd), buffer_ring.group_id,

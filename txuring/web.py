@@ -697,10 +697,18 @@ class FileProducer:
         if not self._stopped:
             self._stopped = True
             self._request.unregisterProducer()
-            transport = getattr(self._request, "channel", None)
-            transport = getattr(transport, "transport", None)
-            if transport is not None:
-                transport.loseConnection()  # the length promised cannot be kept
+            # The length promised cannot be kept: close the connection. Through the
+            # request (HTTPChannel.loseConnection), which unregisters the channel from
+            # its transport first: the transport's own loseConnection waits for its
+            # registered producer, and a transport that had paused the channel resumed
+            # it when its buffer drained instead of closing (the connection stayed open
+            # for good).
+            lose = getattr(self._request, "loseConnection", None)
+            if lose is None:
+                lose = getattr(getattr(getattr(self._request, "channel", None),
+                                       "transport", None), "loseConnection", None)
+            if lose is not None:
+                lose()
 
     def pauseProducing(self):
         if self._paused is None:

@@ -369,3 +369,48 @@ def test_the_last_resort_beneath_check_without_openat2(tmp_path):
             assert e.value.errno == errno.EXDEV, bad
     finally:
         os.close(rfd)
+
+
+
+@ensure
+async def test_a_file_shrinking_under_a_paused_response_closes_the_connection(site,
+                                                                               monkeypatch):
+    """
+    A response paused by its transport (the client reads nothing) when the file
+    shrinks; the client then reads: the producer writes the chunk it holds (more than
+    the transport's high-water mark, so the transport pauses it again) and finds the
+    end of the file. The connection must close (the promised length cannot be kept).
+    It stayed open for good: the transport's own loseConnection waits for its
+    registered producer, the HTTP channel, which only the request's (the channel's)
+    loseConnection unregisters.
+    """
+    producers = []
+    real = web.FileProducer
+
+    class Recording(real):
+        def __init__(self, *a, **kw):
+            real.__init__(self, *a, **kw)
+            producers.append(self)
+
+    monkeypatch.setattr(web, "FileProducer", Recording)
+    site["resource"].chunk_size = 100 * 1024  # each chunk fills the transport past 64 KiB
+    path = site["root"] / "huge.bin"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse
+    proto = await connect(site["ours"], _Collect(
+        b"GET /huge.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", read=False))
+    samples = []
+
+    def paused_for_good():
+        samples.append(producers[0].bytes_read if producers else -1)
+        return len(samples) > 20 and samples[-1] == samples[-20] > 0 and \
+            producers[0]._paused is not None
+
+    await wait_until(reactor(), paused_for_good, timeout=10)
+    os.truncate(path, producers[0].bytes_read)
+    proto.transport.resumeProducing()
+    data = await proto.done.addTimeout(10, reactor())
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % (64 * 1024 * 1024,) in head.lower()
+    assert len(body) == producers[0].bytes_read  # what was read, then the close
+    await wait_until(reactor(), lambda: producers[0]._fd is None)

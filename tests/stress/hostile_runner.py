@@ -177,9 +177,6 @@ def calls_for(target, ctx, rng, sample):
             chosen = values if sample is None else rng.sample(values, min(sample,
                                                                           len(values)))
             for vtext, value in chosen:
-                if (label, name) in GREEDY and isinstance(value, (int, float)) and \
-                        not isinstance(value, bool) and value >= 2 ** 31:
-                    continue
                 kwargs = {}
                 for j, (n2, p2) in enumerate(params):
                     if j == i:
@@ -214,11 +211,6 @@ def calls_for(target, ctx, rng, sample):
             continue
         callable_calls("%s.%s" % (target, name), fn)
     return out
-
-
-#: Sizes the API accepts up to 2**32-1 and allocates at once: a hostile huge value
-#: would take gigabytes of a shared machine's memory (reported, not run).
-GREEDY = {("BufferRing", "buffer_size"), ("BufferRing", "entries")}
 
 
 #: Methods whose plausible use would break the runner itself, with the reason.
@@ -350,11 +342,18 @@ def run_fs(reactor, seed, start, progress, sample, emit):
             progress.flush()
             # The target file back to its 10,000 bytes: an earlier call may have made
             # it huge and sparse (a truncate, an allocate, a write far out), and a
-            # read of all of it would then take as long as gigabytes take.
+            # read of all of it would then take as long as gigabytes take. Both the
+            # path and the open File: an atomic write_file to "target" replaced the
+            # path with a new file, and the File's (now unlinked) one grew unchecked.
             try:
                 os.truncate("target", 10000)
             except OSError:  # (unlinked, or made a directory, by an earlier call)
                 pass
+            for f in files:
+                try:
+                    os.ftruncate(f.fileno(), 10000)
+                except (OSError, ValueError):  # (closed by an earlier call)
+                    pass
             try:
                 result = fn()
             except CLEAR as e:

@@ -154,6 +154,21 @@ class Server:
                 pass
         return out
 
+    def settled_fds(self, quiet=0.5, timeout=10):
+        """
+        The server's fd count once it has not changed for C{quiet} s: a baseline taken
+        just after a request may otherwise count that request's connection or file,
+        closed a moment later.
+        """
+        deadline = time.monotonic() + timeout
+        n, since = proc_fds(self.pid), time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+            m = proc_fds(self.pid)
+            if m != n:
+                n, since = m, time.monotonic()
+        return n
+
     def wait_fds(self, at_most, timeout=30):
         """Wait until the server has at most C{at_most} fds; return its count."""
         deadline = time.monotonic() + timeout

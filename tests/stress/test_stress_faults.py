@@ -168,6 +168,24 @@ def test_half_closing_peers(reactor, servers):
 
 # ---- a peer that never reads ----
 
+def steady(read, still=1.0, timeout=120):
+    """C{read()}'s value once it has not changed for C{still} s (or at C{timeout})."""
+    deadline = time.monotonic() + timeout
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < still and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
+
+
+def sysctl_max(name):
+    """The last (maximum) number of a sysctl like net/ipv4/tcp_wmem."""
+    with open("/proc/sys/" + name) as f:
+        return int(f.read().split()[-1])
+
+
 @pytest.mark.parametrize("reactor", REACTORS)
 def test_peer_that_never_reads(reactor, servers):
     """
@@ -179,12 +197,19 @@ def test_peer_that_never_reads(reactor, servers):
     server = servers(reactor)
     base = server.fds()
     rss0 = server.sample()[1]
+    start = time.monotonic()
     socks = [socket.create_connection(("127.0.0.1", server.port("source")))
              for _ in range(peers)]
     for s in socks:  # the smallest receive buffer: the kernel holds little of it
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    time.sleep(0.5)
-    produced0 = server.call("stats")["counters"].get("source_bytes", 0)
+    # Production stops once each peer's kernel buffers are full: how much they take
+    # depends on the transport (the completion-based one sends as soon as data is
+    # written and fills the socket's send buffer to its brim, 3.75 MiB of 4 MiB here;
+    # epoll writes only when a third of it is free, 2.9 MiB) and how fast they fill on
+    # the machine's load. So the watch starts when production has stood still for a
+    # second, not after a fixed time.
+    produced0 = steady(lambda: server.call("stats")["counters"].get("source_bytes", 0))
+    fill_time = time.monotonic() - start
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         server.sample()
@@ -193,12 +218,17 @@ def test_peer_that_never_reads(reactor, servers):
     produced = stats["counters"].get("source_bytes", 0)
     pauses = stats["counters"].get("source_pauses", 0)
     rss_peak = max(rss for _, rss, _ in server.samples)
+    # What the kernel can hold per peer: its send buffer at the autotuning limit
+    # (tcp_wmem's maximum), plus 1 MiB for the peer's receive queue (a 4 KiB rcvbuf,
+    # set after the window was first advertised) and the chunks the transport holds.
+    bound = peers * (sysctl_max("net/ipv4/tcp_wmem") + MiB)
     for s in socks:
         reset(s)
     after = server.wait_fds(base)
     report("never_reads", reactor, peers=peers, seconds=seconds, pauses=pauses,
            produced_mib=round(produced / MiB, 1),
            produced_while_watched_mib=round((produced - produced0) / MiB, 2),
+           fill_seconds=round(fill_time, 1), kernel_bound_mib=round(bound / MiB, 1),
            rss_growth_mib=round((rss_peak - rss0) / MiB, 1),
            rss_slope_kib_s=round(server.rss_slope() / 1024, 2), fds_after=after,
            fds_before=base)
@@ -206,6 +236,7 @@ def test_peer_that_never_reads(reactor, servers):
     # Paused: nothing more is produced once the buffers are full (a resume after a
     # few kernel-buffer's worth drained at most: the peers drain nothing).
     assert produced - produced0 < peers * MiB, (produced0, produced)
+    assert produced < bound, (produced, bound)
     assert rss_peak - rss0 < 64 * MiB + peers * 2 * MiB
     assert after == base
     server.stop()

@@ -33,19 +33,10 @@ CLASSES = ["Ring", "Handle", "Region", "Chunk", "BufferRing", "RingDriver",
 
 #: (callable, argument) -> the finding. Matched against the runner's "bad" calls.
 KNOWN = {
-    ("Ring.poll_add", "callback"): "opcode.py:562 (and :424 read_multishot, :665 "
-    "recv_multishot, :614 accept(multishot=True)): a non-callable callback is accepted "
-    "at the call and fails with TypeError at every completion, logged from "
-    "handle.py:155 _call_safely (check callable(callback) in Ring._new_handle, "
-    "ring.py:416)",
-    ("Ring.read_multishot", "callback"): "same as poll_add",
-    ("Ring.recv_multishot", "callback"): "same as poll_add",
-    ("BufferRing", "ring"): "bufring.py:45 BufferRing.__init__ calls ring._check_usable() "
-    "first: a non-Ring gives AttributeError (check isinstance(ring, Ring))",
-    ("RingDriver", "ring"): "attach.py:31 RingDriver.__init__: a non-Ring gives "
-    "AttributeError 'register_eventfd'",
-    ("RingDriver", "reactor"): "attach.py:31 RingDriver.__init__: reactor=None gives "
-    "AttributeError 'addReader', after the ring's eventfd was registered (check first)",
+    # Empty: the six findings listed here (non-callable callbacks accepted by poll_add,
+    # read_multishot, recv_multishot and multishot accept; BufferRing and RingDriver
+    # given a non-Ring; RingDriver(reactor=None) after registering its eventfd) are
+    # fixed, with their regressions in tests/test_hostile_regressions.py.
 }
 
 
@@ -130,6 +121,8 @@ def test_malformed_arguments_to_fs(reactor, tmp_path):
 @pytest.mark.xfail(strict=True, reason="the KNOWN findings (owned elsewhere) are fixed: "
                    "remove their entries from KNOWN")
 def test_known_findings_still_there(tmp_path):
+    if not KNOWN:
+        pytest.skip("no known findings left to watch")
     seen = set()
     for target in ("Ring", "BufferRing", "RingDriver"):
         _, findings, _ = run_batch(target, "epoll", 1, tmp_path, everything=True)

@@ -52,18 +52,6 @@ def http_get(port, path, timeout=10, extra=b""):
     return status, headers, body
 
 
-def settled_fds(server, timeout=10, pause=0.2):
-    """The server's fd count once two counts C{pause} s apart agree."""
-    deadline = time.monotonic() + timeout
-    n = server.fds()
-    while time.monotonic() < deadline:
-        time.sleep(pause)
-        m, n = n, server.fds()
-        if m == n:
-            break
-    return n
-
-
 def read_all(s, timeout, idle=None):
     """Everything until EOF (or, with C{idle}, until C{idle} s pass with nothing)."""
     s.settimeout(idle or timeout)
@@ -290,11 +278,7 @@ def test_files_changing_under_web(reactor, servers, tmp_path):
         (root / ("f%03d" % i)).write_bytes(content(i, 0, 2000))
     server = servers(reactor, web_root=str(root))
     http_get(server.port("web"), b"/files/f000")  # (the root's fd is opened once)
-    # The server may close that response's socket and file just after the client saw
-    # its end (the file's close is not waited for, and a connection can be shut down
-    # for writing before its fd is closed): count once the count has settled, so that
-    # base is the idle server's fds plus the root's, not those two as well.
-    base = settled_fds(server)
+    base = server.settled_fds()  # (not counting that request's socket or file)
     stop = threading.Event()
     mutations = [0]
 
