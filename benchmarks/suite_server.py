@@ -6,7 +6,8 @@ runs is the reactor (and whatever transports it brings).
     python benchmarks/suite_server.py REACTOR [--tls-cert PEM --tls-key PEM] [--http-body N]
 
 REACTOR is uring (whatever C{txuring.reactor.UringReactor} is installed: its transports are
-its own business), epoll, poll, or asyncio (AsyncioSelectorReactor, on a uvloop loop when
+its own business), uring:OPTION=VALUE[:OPTION=VALUE...] (UringReactor with those keyword
+options, Python literals: C{uring:directSendThreshold=0}), epoll, poll, or asyncio (AsyncioSelectorReactor, on a uvloop loop when
 uvloop is importable, else on asyncio's own selector loop).
 
 Prints one JSON line: the ports ({"echo", "discard", "source", "http", "tls"}), the pid and
@@ -32,10 +33,16 @@ CHUNK = 16384
 
 def install(name):
     """Install the reactor called C{name}; return a label saying what it runs on."""
-    if name == "uring":
+    if name == "uring" or name.startswith("uring:"):
+        import ast
+
         from txuring import reactor as module
 
-        module.install()
+        options = {}
+        for part in name.split(":")[1:]:
+            key, _, value = part.partition("=")
+            options[key] = ast.literal_eval(value)
+        module.install(**options)
         return ""
     if name == "epoll":
         from twisted.internet import epollreactor
