@@ -80,10 +80,23 @@ _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
 #: IORING_CQE_F_SOCK_NONEMPTY (5.19): the socket had more data queued after this recv.
 _CQE_F_SOCK_NONEMPTY = 1 << 2
+#: IORING_RECV_MULTISHOT (6.0), in a recv SQE's ioprio
+_RECV_MULTISHOT = 1 << 1
+#: IORING_RECVSEND_BUNDLE (6.10), in a recv SQE's ioprio: one CQE may fill several
+#: provided buffers, consecutive in the ring, all the socket has queued
+RECV_BUNDLE = lib.TXU_RECVSEND_BUNDLE
+#: IORING_FEAT_RECVSEND_BUNDLE (6.10): the kernel takes RECV_BUNDLE
+FEAT_RECVSEND_BUNDLE = 1 << 14
 _CONNECTION_DONE = main.CONNECTION_DONE
 _CONNECTION_LOST = main.CONNECTION_LOST
 #: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
 _MAX_SEND = 1 << 30
+#: A bundle CQE of at least this many bytes on the shared buffer group means a stream:
+#: the connection moves to the large buffers (see _CompletionConnection._maybeStream).
+_STREAM_MIN = 16384
+#: After this many data CQEs in a row that each filled less than a shared buffer, a
+#: connection on the large buffers moves back to the shared group.
+_SMALL_RUN = 8
 
 
 def _logContextOf(transport):
@@ -104,32 +117,68 @@ def _logContextOf(transport):
 
 class _RecvBuffers:
     """
-    The reactor's provided-buffer ring for receiving, with what the hot path needs
-    precomputed: each buffer as an C{ffi.buffer} (slicing one gives C{bytes} in one
-    copy) and its address.
+    One of the reactor's provided-buffer rings for receiving, with what the hot path
+    needs precomputed: each buffer as an C{ffi.buffer} (slicing one gives C{bytes} in
+    one copy) and its address.
 
     @ivar bufring: the L{BufferRing}.
     @ivar gid: its buffer group id (the recv SQEs name it).
     @ivar chunks: buffer id -> C{ffi.buffer} over that buffer.
     @ivar addrs: buffer id -> its address, to hand it back.
     @ivar size: bytes per buffer.
+    @ivar bundle: C{RECV_BUNDLE} when recvs on this group take bundles, else 0 (the
+        ioprio bit every recv armed on it carries).
+    @ivar large: whether this is the reactor's group of large buffers for streams.
+    @ivar streamAt: a data CQE of at least this many bytes on the shared group may
+        come from a stream (see L{_CompletionConnection._maybeStream}).
     @ivar rearmed: recvs that ended with ENOBUFS (the ring ran dry) and were re-armed.
     """
 
     rearmed = 0
 
-    def __init__(self, ring, entries, size):
+    def __init__(self, ring, entries, size, bundle=0, large=False):
         self.bufring = BufferRing(ring, entries, size)
         self.gid = self.bufring.group_id
         self.base = base = self.bufring._base
         self.addrs = [base + i * size for i in range(entries)]
         self.chunks = [ffi.buffer(a, size) for a in self.addrs]
+        #: all the buffers as one C{ffi.buffer}: a bundle over consecutive buffers is
+        #: one slice of it
+        self.whole = ffi.buffer(base, entries * size)
         self.size = size
+        self.entries = entries
+        self.bundle = bundle
+        self.large = large
+        self.streamAt = max(size, _STREAM_MIN) if bundle else size
         self.b = self.bufring._b
         #: ids of buffers copied out and not yet handed back: the reactor hands them
         #: back in one call after each harvested batch (L{flush}), before its next
         #: enter (one C call per message cost ~0.4 us: cffi converting two pointers)
         self.pending = []
+        self._bundleIds = ffi.new("uint16_t[]", entries)
+
+    def bundled(self, bid, res):
+        """
+        The C{res} bytes of a bundle CQE (IORING_RECVSEND_BUNDLE, 6.10) whose data
+        starts in buffer C{bid} and fills more than one buffer, as one C{bytes}; its
+        buffers join the pending hand-back. Raises ValueError if the CQE does not
+        match the ring (it then hands nothing back).
+        """
+        got = lib.txu_bufring_bundle(self.b, bid, res, self._bundleIds, self.entries)
+        if got < 0:
+            raise ValueError("a bundle CQE (buffer %d, %d bytes) does not match the buffer "
+                             "ring (error %d)" % (bid, res, got))
+        n = got & ~lib.TXU_BUNDLE_CONTIGUOUS
+        ids = ffi.unpack(self._bundleIds, n)
+        self.pending.extend(ids)
+        size = self.size
+        if got & lib.TXU_BUNDLE_CONTIGUOUS:
+            start = bid * size
+            return self.whole[start:start + res]
+        chunks = self.chunks
+        parts = [chunks[i] for i in ids]
+        parts[-1] = parts[-1][0:res - (n - 1) * size]
+        return b"".join(parts)
 
     def flush(self):
         """Hand every pending buffer back to the kernel (one C call)."""
@@ -159,22 +208,30 @@ _QUIET = _Quiet()
 
 class _RecvOp:
     """
-    One recv SQE of a connection. Data CQEs go straight to the connection's
-    C{_recvData}; the final CQE says which recv ended, so that a cancelled one's
-    ending is never taken for the current one's.
+    One recv SQE of a connection. Data CQEs of the shared buffer group go straight to
+    the connection's C{_recvData}, those of the large group through L{_moreLarge}; the
+    final CQE says which recv ended, so that a cancelled one's ending is never taken
+    for the current one's.
 
     @ivar conn: the connection.
     @ivar ud: the op's user_data.
+    @ivar bufs: the L{_RecvBuffers} whose buffers this recv fills.
+    @ivar large: whether those are the reactor's large buffers.
     """
 
-    __slots__ = ("_more", "conn", "ud")
+    __slots__ = ("_more", "conn", "ud", "bufs", "large")
     _keep = None  # the buffers are the reactor's buffer ring's, which outlives the op
     _cqes = None  # (at most once: _more is the connection's own method)
 
-    def __init__(self, conn, ud):
+    def __init__(self, conn, ud, bufs):
         self.conn = conn
         self.ud = ud
-        self._more = conn._recvData
+        self.bufs = bufs
+        self.large = bufs.large
+        self._more = self._moreLarge if bufs.large else conn._recvData
+
+    def _moreLarge(self, res, flags):
+        self.conn._recvFrom(self.bufs, res, flags)
 
     def _final(self, res, flags):
         self.conn._recvEnded(self, res, flags)
@@ -206,7 +263,10 @@ class _CompletionConnection:
     C{tcp.Connection} (see the module docstring).
 
     @ivar _fd: the fd under which the transport is registered in the reactor.
-    @ivar _bufs: the reactor's L{_RecvBuffers}.
+    @ivar _bufs: the reactor's shared L{_RecvBuffers}.
+    @ivar _large: recvs are armed on the reactor's large buffers (a stream).
+    @ivar _smallRun: data CQEs in a row, on the large buffers, smaller than a shared
+        buffer.
     @ivar _reading: registered for reading (listed by getReaders).
     @ivar _writing: registered for writing (listed by getWriters).
     @ivar _recvOp: the L{_RecvOp} armed now, or None.
@@ -231,6 +291,8 @@ class _CompletionConnection:
     _readEnded = False
     _passQueued = False
     _logContext = None
+    _large = False
+    _smallRun = 0
 
     # ---- registration (IReactorFDSet's view) ----
 
@@ -323,19 +385,58 @@ class _CompletionConnection:
         ring = reactor.ring
         if ring._closed or ring._forked:
             return  # the reactor was closed (or this is a fork child): nothing to arm
+        bufs = reactor._largeRecvBuffers() if self._large else self._bufs
         ud = next(ring._ids)
-        op = self._recvOp = _RecvOp(self, ud)
+        op = self._recvOp = _RecvOp(self, ud, bufs)
         ring._handles[ud] = op
-        args = (self._fd, self._bufs.gid, multishot)
+        args = (self._fd, bufs.gid, (_RECV_MULTISHOT if multishot else 0) | bufs.bundle)
         if ring._sq.backlog or lib.txu_lean_recv(ring._r, *args, ud, 0) == _EBUSY:
             ring._lean_queue(ud, op, lib.txu_lean_recv, args)
 
     def _recvData(self, res, flags):
-        """A CQE with data (the hot path): copy out, hand the buffer back, deliver."""
+        """
+        A data CQE of a recv on the shared buffer group (the hot path): copy out,
+        hand the buffer back, deliver. (L{_recvFrom} for any group, inlined.)
+        """
         bufs = self._bufs
         bid = flags >> 16
-        data = bufs.chunks[bid][0:res]
-        bufs.pending.append(bid)  # handed back after the batch (reactor: flush)
+        if res <= bufs.size:
+            data = bufs.chunks[bid][0:res]
+            bufs.pending.append(bid)  # handed back after the batch (reactor: flush)
+        else:
+            data = bufs.bundled(bid, res)  # (a bundle: IORING_RECVSEND_BUNDLE, 6.10)
+        if res >= bufs.streamAt:
+            self._maybeStream(res, flags)
+        if not self._reading or self._stash is not None:
+            if not self.disconnected:
+                self._stashAdd(data)
+            return
+        contexts = self.reactor._logContexts
+        contexts.append(self._logContext)
+        try:
+            self.protocol.dataReceived(data)
+        except BaseException:
+            self._callbackFailed(True)
+        finally:
+            contexts.pop()
+
+    def _recvFrom(self, bufs, res, flags):
+        """A data CQE of a recv on C{bufs} (either group): see L{_recvData}."""
+        bid = flags >> 16
+        if res <= bufs.size:
+            data = bufs.chunks[bid][0:res]
+            bufs.pending.append(bid)
+        else:
+            data = bufs.bundled(bid, res)
+        if not bufs.large:
+            if res >= bufs.streamAt:
+                self._maybeStream(res, flags)
+        elif res < self._bufs.size:
+            self._smallRun += 1
+            if self._smallRun >= _SMALL_RUN and self._large:
+                self._toGroup(False)  # small messages again: back to the shared group
+        else:
+            self._smallRun = 0
         if not self._reading or self._stash is not None:
             if not self.disconnected:
                 self._stashAdd(data)
@@ -366,6 +467,27 @@ class _CompletionConnection:
         else:
             self._stash.append(item)
 
+    def _maybeStream(self, res, flags):
+        """
+        A data CQE of C{res} bytes filled a shared buffer (or, with bundles, brought
+        at least C{_STREAM_MIN} bytes): a stream. It moves to the reactor's large
+        buffers, where each CQE brings up to a large buffer's worth: fewer, bigger
+        C{dataReceived} calls, and the data goes through few, cache-warm buffers
+        instead of cycling through the whole shared group.
+        """
+        if self._large or not (flags & _CQE_F_SOCK_NONEMPTY or res >= _STREAM_MIN):
+            return
+        if self.reactor._largeRecvBuffers() is not None:
+            self._toGroup(True)
+
+    def _toGroup(self, large):
+        """Arm later recvs on the large buffers (or the shared ones): at the pass end,
+        the armed recv is cancelled and one on the other group armed."""
+        self._large = large
+        self._smallRun = 0
+        if self._recvOp is not None:
+            self._queuePass()
+
     def _recvEnded(self, op, res, flags):
         """The final CQE of recv C{op}."""
         current = op is self._recvOp
@@ -373,16 +495,20 @@ class _CompletionConnection:
             self._recvOp = None
         if res > 0:
             # A last data CQE (single-shot recv; or the multishot stopped).
-            self._recvData(res, flags)
+            self._recvFrom(op.bufs, res, flags)
         elif res == 0 or (res != _ECANCELED and res != _ENOBUFS):
             if not self._readEnded:
                 self._readEnded = True
                 self._readEnd(_CONNECTION_DONE if res == 0 else _CONNECTION_LOST)
             return
         elif res == _ECANCELED:
-            return  # we cancelled it (paused, or the connection ended)
+            return  # we cancelled it (paused, moved to another group, or the end)
         else:
-            self._bufs.rearmed += 1  # ENOBUFS: re-armed below
+            op.bufs.rearmed += 1  # ENOBUFS: re-armed below
+            if op.bufs.large and current:
+                # The few large buffers are all taken (by other streams): this one
+                # goes back to the shared group.
+                self._large = False
         if (current and self._reading and self._recvOp is None and not self._readEnded
                 and not self.disconnected):
             if res > 0 and not flags & _CQE_F_SOCK_NONEMPTY:
@@ -633,9 +759,13 @@ class _CompletionConnection:
             return
         if self._stash and self._reading:
             self._deliverStash()
-        if not self._reading and self._recvOp is not None:
+        if self._recvOp is not None and (
+                not self._reading or self._recvOp.large != self._large):
+            # Paused (and not resumed since), or moving to another buffer group.
             op, self._recvOp = self._recvOp, None
             self.reactor._leanCancel(op.ud)
+            if self._reading and not self._readEnded:
+                self._armRecv()
         if self._writing and self._sendOp is None and not self.disconnected:
             # (doWrite itself runs no protocol code; _writeDrained and _lostInContext
             # give what they call the transport's log context)
@@ -669,6 +799,7 @@ class _CompletionConnection:
         self._recvOp = None
         self._sendOp = None
         self._bufs = self.reactor._recvBuffers()
+        self._large = False
         if self._reading and not self._readEnded:
             self._armRecv()
         if self._writing:

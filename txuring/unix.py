@@ -42,6 +42,8 @@ class _MsgOp:
     """A recvmsg op of a UNIX connection (its Handle's user_data, for cancelling)."""
 
     __slots__ = ("ud",)
+    #: (not on the large receive buffers: see _tcp._RecvOp)
+    large = False
 
     def __init__(self, ud):
         self.ud = ud
