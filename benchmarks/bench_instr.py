@@ -126,7 +126,7 @@ def main():
         raise SystemExit("no C compiler")
     workloads = [suite.BY_NAME[w] for w in args.workloads.split(",")]
     reactors = args.reactors.split(",")
-    rows = []
+
     with tempfile.TemporaryDirectory(prefix="txuring-instr-") as workdir:
         exe = os.path.join(workdir, "loadgen")
         exe_tls = os.path.join(workdir, "loadgen_tls")
