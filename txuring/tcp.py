@@ -331,8 +331,7 @@ class _SendOp:
     def _more(self, res, flags):
         """(A send never gets more than its one CQE.)"""
 
-    def _final(self, res, flags):
-        self._sendDone(res, flags)
+    # _final(res, flags): the connection's (_CompletionConnection._final)
 
 
 class _CompletionConnection(_SendOp):
@@ -708,7 +707,50 @@ class _CompletionConnection(_SendOp):
             self._tempDataBuffer.append(data)
             self._tempDataLen += len(data)
         if self.producer is not None:
-            self._maybePauseProducer()
+            self._buffered()
+        elif not self._writing:
+            # (startWriting, inlined: on every reply's path)
+            self._writing = True
+            reactor = self.reactor
+            fd = self._fd
+            if fd < 0:
+                self._register(reactor._writes)
+            else:
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            if not self._passQueued:
+                self._passQueued = True
+                reactor._passQueue.append(self)
+
+    def writeSequence(self, iovec):
+        """
+        C{ITransport.writeSequence}: what C{tcp.Connection.writeSequence} and
+        C{FileDescriptor.writeSequence} do (twisted.web writes its headers with it,
+        some twenty pieces), without a Python call per piece.
+        """
+        if self.TLS:
+            if self.connected:
+                self.protocol.writeSequence(iovec)
+            return
+        for i in iovec:
+            if not isinstance(i, bytes):
+                raise TypeError("Data must be bytes")
+        if not self.connected or not iovec or self._writeDisconnected:
+            return
+        self._tempDataBuffer.extend(iovec)
+        self._tempDataLen += sum(map(len, iovec))
+        self._buffered()
+
+    def _buffered(self):
+        """
+        Data was just buffered: pause a streaming producer if the buffer is over its
+        high-water mark (C{FileDescriptor._maybePauseProducer}), and start writing.
+        """
+        producer = self.producer
+        if (producer is not None and self.streamingProducer
+                and len(self.dataBuffer) + self._tempDataLen > self.bufferSize):
+            self.producerPaused = True
+            producer.pauseProducing()
         if not self._writing:
             self.startWriting()
 
@@ -757,13 +799,18 @@ class _CompletionConnection(_SendOp):
         ud = self._sendUd = next(ring._ids)
         self._keep = data
         ring._handles[ud] = self  # (the connection is its send's record: see _SendOp)
-        args = (self._fd, data, off, n if n < _MAX_SEND else _MAX_SEND)
-        if ring._sq.backlog or lib.txu_lean_send(ring._r, *args, ud, 0) == _EBUSY:
-            ring._lean_queue(ud, self, lib.txu_lean_send, args)
+        if n > _MAX_SEND:
+            n = _MAX_SEND
+        if ring._sq.backlog or lib.txu_lean_send(ring._r, self._fd, data, off, n, ud,
+                                                 0) == _EBUSY:
+            ring._lean_queue(ud, self, lib.txu_lean_send, (self._fd, data, off, n))
         return None
 
-    def _sendDone(self, res, flags):
-        """The send in flight completed: account for it; the rest goes next pass."""
+    def _final(self, res, flags):
+        """
+        The send in flight completed (the connection is its send's record: see
+        L{_SendOp}): account for it; the rest goes next pass.
+        """
         self._keep = None
         self._sendUd = 0
         if self.disconnected:
@@ -783,6 +830,20 @@ class _CompletionConnection(_SendOp):
             return  # aborted, or stopped by someone else
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
             # All sent and nothing written meanwhile: finish now rather than in a pass.
+            if (self.producer is None and not self.disconnecting
+                    and not self._writeDisconnecting):
+                # (_writeDrained and stopWriting, inlined: on every reply's path)
+                self.dataBuffer = b""
+                self.offset = 0
+                self._writing = False
+                reactor = self.reactor
+                fd = self._fd
+                reactor._writes.discard(fd)
+                if fd not in reactor._reads:
+                    selectables = reactor._selectables
+                    if selectables.get(fd) is self:
+                        del selectables[fd]
+                return
             try:
                 why = self._writeDrained()
                 if why:
