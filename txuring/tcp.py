@@ -1168,7 +1168,13 @@ class _CompletionPort:
             self._arm = None
         if res >= 0:
             if current and self._accepting and not self.disconnected:
-                log.callWithLogger(self, self._newConnection, res)
+                # (what log.callWithLogger(self, ...) gives, without its dicts)
+                contexts = self.reactor._logContexts
+                contexts.append(_LogContext(self))
+                try:
+                    self._newConnection(res)
+                finally:
+                    contexts.pop()
             else:
                 os.close(res)  # accepted as the port stopped: nobody takes it
         elif res in (-errno.EMFILE, -errno.ENFILE):
