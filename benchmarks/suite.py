@@ -206,8 +206,12 @@ class Server:
                    "--http-body", str(HTTP_BODY)]
             if cert:
                 cmd += ["--tls-cert", cert[0], "--tls-key", cert[1]]
+        # (this checkout's txuring, whatever the interpreter's install points at)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                        preexec_fn=affinity(cpu))
+                                        preexec_fn=affinity(cpu), env=env,
+                                        cwd=os.path.dirname(HERE))
         ready, _, _ = select.select([self.process.stdout], [], [], 60)
         line = self.process.stdout.readline() if ready else ""
         if not line:
