@@ -25,6 +25,10 @@
  * figures cover exactly the window; and the whole machine's busy CPU time from /proc/stat,
  * so that the suite can tell how much CPU other processes took meanwhile (busy_cpu_s).
  * It prints one JSON object on stdout.
+ *
+ * With LOADGEN_EDGE_HOOK set, that shell command is run with "start" appended just before
+ * the window opens and with "end" just after it closes (bench_instr.py uses it to count
+ * only the window's instructions under callgrind).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -121,6 +125,17 @@ static double self_cpu(void)
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
            ru.ru_stime.tv_usec / 1e6;
+}
+
+/* LOADGEN_EDGE_HOOK: a shell command run (with "start" or "end" appended) at the edges
+ * of the measured window, while no request is in flight on this side: bench_instr.py
+ * turns callgrind's instrumentation of the server on and off with it. */
+static void run_hook(const char *hook, const char *edge)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s %s", hook, edge);
+    if (system(cmd) != 0)
+        fprintf(stderr, "loadgen: LOADGEN_EDGE_HOOK %s failed\n", edge);
 }
 
 static void record(double seconds_taken)
@@ -320,11 +335,17 @@ int main(int argc, char **argv)
 
     long long units = 0, errors = 0;
     int measuring = 0;
+    const char *edge_hook = getenv("LOADGEN_EDGE_HOOK");
     double t0 = 0, scpu0 = 0, ccpu0 = 0, busy0 = 0, warm_end = start + warmup, end = warm_end + seconds;
     struct epoll_event events[512];
     for (;;) {
         double t = now();
         if (!measuring && t >= warm_end) {
+            if (edge_hook) {
+                run_hook(edge_hook, "start");
+                t = now();
+                end = t + seconds;
+            }
             measuring = 1;
             units = 0;
             errors = 0;
@@ -485,6 +506,8 @@ int main(int argc, char **argv)
         }
     }
     double t1 = now(), scpu1 = server_cpu(), ccpu1 = self_cpu(), busy1 = busy_cpu();
+    if (edge_hook)
+        run_hook(edge_hook, "end");
     printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"units\": %lld, "
            "\"seconds\": %.6f, \"server_cpu_s\": %.3f, \"client_cpu_s\": %.6f, "
            "\"busy_cpu_s\": %.3f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"errors\": %lld}\n",

@@ -206,8 +206,12 @@ class Server:
                    "--http-body", str(HTTP_BODY)]
             if cert:
                 cmd += ["--tls-cert", cert[0], "--tls-key", cert[1]]
+        # (this checkout's txuring, whatever the interpreter's install points at)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                                        preexec_fn=affinity(cpu))
+                                        preexec_fn=affinity(cpu), env=env,
+                                        cwd=os.path.dirname(HERE))
         ready, _, _ = select.select([self.process.stdout], [], [], 60)
         line = self.process.stdout.readline() if ready else ""
         if not line:
@@ -470,7 +474,8 @@ def parse_args(argv):
     parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS),
                         help="comma-separated, from: %s" % ",".join(BY_NAME))
     parser.add_argument("--reactors", default=",".join(SERVERS),
-                        help="comma-separated servers, from: %s (c is the C ceiling)"
+                        help="comma-separated servers, from: %s (c is the C ceiling); "
+                        "also uring:OPTION=VALUE[:...], UringReactor with those options"
                         % ",".join(SERVERS))
     parser.add_argument("--repeat", type=int, help="repeats per server (default 5, quick 3)")
     parser.add_argument("--seconds", type=float,
@@ -499,9 +504,21 @@ def parse_args(argv):
         if w not in BY_NAME:
             parser.error("unknown workload %r (known: %s)" % (w, ", ".join(BY_NAME)))
     for r in args.reactors:
-        if r not in SERVERS:
-            parser.error("unknown server %r (known: %s)" % (r, ", ".join(SERVERS)))
+        if r not in SERVERS and not is_variant(r):
+            parser.error("unknown server %r (known: %s, or uring:OPTION=VALUE:...)"
+                         % (r, ", ".join(SERVERS)))
     return args
+
+
+def is_variant(name):
+    """
+    Whether C{name} is a UringReactor variant, C{uring:OPTION=VALUE[:OPTION=VALUE...]}:
+    UringReactor built with those keyword options (Python literals), e.g.
+    C{uring:directSendThreshold=0} or C{uring:completionTCP=False}. Variants run after
+    the plain servers, in the order given.
+    """
+    return name.startswith("uring:") and all(
+        "=" in part for part in name.split(":")[1:])
 
 
 def loadavg():
@@ -522,7 +539,8 @@ def main(argv=None):
     if args.replot:
         with open(args.replot) as f:
             earlier = json.load(f)
-        done = plot(earlier, [s for s in SERVERS if s in earlier["labels"]], args.plot)
+        done = plot(earlier, [s for s in SERVERS if s in earlier["labels"]]
+                    + [s for s in earlier["labels"] if is_variant(s)], args.plot)
         if done:
             print("plot: " + done)
         return earlier
@@ -544,6 +562,7 @@ def main(argv=None):
             w.conns = args.idle_conns
             w.description += " (%d connections)" % w.conns
     servers = [s for s in SERVERS if s in args.reactors]
+    servers += [s for s in args.reactors if is_variant(s) and s not in servers]
     server_cpu = client_cpu = None
     if args.pin:
         if os.cpu_count() < 2:

@@ -4,9 +4,11 @@ workload's service on its own port with Twisted's stock pieces, so that what dif
 runs is the reactor (and whatever transports it brings).
 
     python benchmarks/suite_server.py REACTOR [--tls-cert PEM --tls-key PEM] [--http-body N]
+                                      [--count-calls JSON]
 
 REACTOR is uring (whatever C{txuring.reactor.UringReactor} is installed: its transports are
-its own business), epoll, poll, or asyncio (AsyncioSelectorReactor, on a uvloop loop when
+its own business), uring:OPTION=VALUE[:OPTION=VALUE...] (UringReactor with those keyword
+options, Python literals: C{uring:directSendThreshold=0}), epoll, poll, or asyncio (AsyncioSelectorReactor, on a uvloop loop when
 uvloop is importable, else on asyncio's own selector loop).
 
 Prints one JSON line: the ports ({"echo", "discard", "source", "http", "tls"}), the pid and
@@ -32,10 +34,16 @@ CHUNK = 16384
 
 def install(name):
     """Install the reactor called C{name}; return a label saying what it runs on."""
-    if name == "uring":
+    if name == "uring" or name.startswith("uring:"):
+        import ast
+
         from txuring import reactor as module
 
-        module.install()
+        options = {}
+        for part in name.split(":")[1:]:
+            key, _, value = part.partition("=")
+            options[key] = ast.literal_eval(value)
+        module.install(**options)
         return ""
     if name == "epoll":
         from twisted.internet import epollreactor
@@ -128,13 +136,49 @@ def source_factory(reactor):
     return protocol.Factory.forProtocol(Source)
 
 
+def count_calls_on_signals(path):
+    """
+    For bench_counts.py: SIGUSR1 starts counting the Python function calls and C
+    calls the server makes (C{sys.setprofile}), SIGUSR2 stops and writes the counts,
+    per function, to C{path} as JSON.
+    """
+    import collections
+    import signal
+
+    calls = collections.Counter()
+
+    def profile(frame, event, arg):
+        if event == "call":
+            code = frame.f_code
+            calls["py " + os.path.basename(code.co_filename) + ":" + code.co_name] += 1
+        elif event == "c_call":
+            calls["C " + getattr(arg, "__qualname__", repr(arg))] += 1
+
+    def start(signum, frame):
+        calls.clear()
+        sys.setprofile(profile)
+
+    def stop(signum, frame):
+        sys.setprofile(None)
+        with open(path + ".tmp", "w") as f:
+            json.dump(dict(calls), f)
+        os.rename(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--http-body", type=int, default=64)
+    parser.add_argument("--count-calls", metavar="JSON",
+                        help="count Python calls between SIGUSR1 and SIGUSR2, into JSON")
     args = parser.parse_args()
+    if args.count_calls:
+        count_calls_on_signals(args.count_calls)
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -73,3 +73,51 @@ def test_unknown_workload_is_refused():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "unknown workload 'nope'" in done.stderr
+
+
+def test_uring_variant_server(tmp_path):
+    """uring:OPTION=VALUE runs UringReactor with that option, as a server of its own."""
+    out = tmp_path / "results.json"
+    name = "uring:directSendThreshold=0"
+    done = subprocess.run(
+        [sys.executable, SUITE, "--workloads", "echo-1", "--reactors", "uring," + name,
+         "--repeat", "1", "--seconds", "0.2", "--warmup", "0.05",
+         "--json", str(out), "--no-plot"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    assert results["failures"] == []
+    assert results["servers"][name]["reactor"] == "txuring.reactor.UringReactor"
+    (sample,) = results["workloads"]["echo-1"]["samples"][name]
+    assert sample["units"] > 0
+    bad = subprocess.run([sys.executable, SUITE, "--reactors", "uring:directSendThreshold"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown server" in bad.stderr
+
+
+def test_counts_of_python_calls(tmp_path):
+    """bench_counts.py --measure calls: Python calls per request counted in the window."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_counts.py"),
+         "--measure", "calls", "--workloads", "echo-1", "--reactors", "uring",
+         "--seconds", "0.3", "--warmup", "0.1", "--top", "3"],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = [l for l in done.stdout.splitlines() if l.startswith("echo-1") and "calls" in l][0]
+    py_calls = float(line.split("py calls ")[1].split(",")[0])
+    assert py_calls > 1  # (a request runs at least the protocol's dataReceived)
+
+
+def test_callgrind_call_counts_parser(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_counts
+    finally:
+        sys.path.pop(0)
+    dump = tmp_path / "cg.out"
+    dump.write_text("\n".join([
+        "events: Ir", "fn=(1) main", "cfn=(2) malloc", "calls=3 0x10", "5 30",
+        "cfn=(3) _PyObject_Malloc", "calls=7 0x20", "5 70",
+        "fn=(4) other", "cfn=(2)", "calls=2 0x30", "6 20", "totals: 120", ""]))
+    counts = bench_counts.call_counts(str(dump))
+    assert counts["malloc"] == 5 and counts["_PyObject_Malloc"] == 7

@@ -178,7 +178,7 @@ int txu_cmsg_put_fds(struct msghdr *msg, const int *fds, unsigned nfds);
 int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max);
 
 /* ---- lean path for txuring's own transports (txuring/tcp.py) ---- */
-int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int multishot,
+int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, unsigned mode,
                   uint64_t ud, unsigned sf);
 int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off, unsigned len,
                   uint64_t ud, unsigned sf);
@@ -186,6 +186,10 @@ int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned s
 int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, uint64_t off,
                   uint64_t ud, unsigned sf);
 int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n);
+#define TXU_BUNDLE_CONTIGUOUS ...
+#define TXU_RECVSEND_BUNDLE ...
+int txu_bufring_bundle(struct txu_bufring *b, unsigned bid, int res, uint16_t *out,
+                       unsigned max);
 """
 
 _here = os.path.dirname(os.path.abspath(__file__))

@@ -202,7 +202,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     _POLL_OUT = POLLOUT
 
     def __init__(self, queueDepth=256, *, completionTCP=None, multishotRecv=None,
-                 multishotAccept=None, recvBuffers=512, recvBufferSize=16384,
+                 multishotAccept=None, recvBundles=None, recvBuffers=512,
+                 recvBufferSize=16384, largeRecvBuffers=16, largeRecvBufferSize=65536,
                  directSendThreshold=4):
         """
         @param queueDepth: SQ entries of the reactor's ring (the CQ gets 4x).
@@ -214,8 +215,15 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             (6.0); False to force one single-shot recv per completion.
         @param multishotAccept: None to use multishot accept where the kernel has it
             (5.19); False to force single-shot accepts.
+        @param recvBundles: None to let one recv completion fill several receive
+            buffers (all the socket has queued: C{IORING_RECVSEND_BUNDLE}) where the
+            kernel has it (6.10); False to force one buffer per completion.
         @param recvBuffers: buffers in the shared receive buffer ring (a power of 2).
         @param recvBufferSize: bytes per receive buffer.
+        @param largeRecvBuffers: buffers in the ring of large receive buffers that
+            streams move to (a power of 2); 0 for none (streams stay on the shared
+            ring).
+        @param largeRecvBufferSize: bytes per large receive buffer.
         @param directSendThreshold: when at most this many connections flush in one
             loop pass, they call send(2) directly instead of submitting a send op (a
             reply then leaves without a completion round trip); 0 never does.
@@ -236,8 +244,18 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
                                   if multishotRecv is None else bool(multishotRecv))
         self._multishotAccept = (ring.op_supported("accept_multishot")
                                  if multishotAccept is None else bool(multishotAccept))
+        from txuring.tcp import FEAT_RECVSEND_BUNDLE, RECV_BUNDLE
+        hasBundles = bool(ring.features & FEAT_RECVSEND_BUNDLE)
+        #: RECV_BUNDLE (or 0) for the ioprio of every recv the transports arm
+        self._recvBundle = RECV_BUNDLE if (hasBundles if recvBundles is None
+                                           else recvBundles and hasBundles) else 0
         self._recvBufferCount = recvBuffers
         self._recvBufferSize = recvBufferSize
+        self._largeRecvBufferCount = largeRecvBuffers
+        self._largeRecvBufferSize = largeRecvBufferSize
+        self._recvBufsLarge = None
+        #: the receive buffer groups made so far (their buffers go back after a batch)
+        self._recvGroups = []
         self._directSendThreshold = directSendThreshold
         self._recvBufs = None
         #: completion transports to visit at the end of this loop pass (_runPasses)
@@ -267,7 +285,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             return  # no fork happened: the ring is this process's own
         old.exit()  # marked forked: closes the inherited fd and mappings only
         self.ring = Ring(old.queue_depth, start_disabled=True)
-        self._recvBufs = None
+        self._recvBufs = self._recvBufsLarge = None
+        self._recvGroups = []
         for poll in self._polls.values():
             poll.live = False
         self._polls = {}
@@ -541,7 +560,19 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if bufs is None:
             from txuring.tcp import _RecvBuffers
             bufs = self._recvBufs = _RecvBuffers(self.ring, self._recvBufferCount,
-                                                 self._recvBufferSize)
+                                                 self._recvBufferSize, self._recvBundle)
+            self._recvGroups.append(bufs)
+        return bufs
+
+    def _largeRecvBuffers(self):
+        """The ring of large buffers streams move to (made once), or None."""
+        bufs = self._recvBufsLarge
+        if bufs is None and self._largeRecvBufferCount:
+            from txuring.tcp import _RecvBuffers
+            bufs = self._recvBufsLarge = _RecvBuffers(
+                self.ring, self._largeRecvBufferCount, self._largeRecvBufferSize,
+                large=True)
+            self._recvGroups.append(bufs)
         return bufs
 
     def _leanCancel(self, target):
@@ -598,9 +629,9 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             timeout = 0
         if ring.cqe_ready(timeout):
             ring.fill_completions()
-        bufs = self._recvBufs
-        if bufs is not None and bufs.pending:
-            bufs.flush()  # the receive buffers of the batch, back in one call
+        for bufs in self._recvGroups:
+            if bufs.pending:
+                bufs.flush()  # the receive buffers of the batch, back in one call
         if self._passQueue:
             self._runPasses()
         if self._tryWrites:

@@ -19,8 +19,17 @@ Design, and why:
   - Reading: one multishot recv (IORING_RECV_MULTISHOT, 6.0) per connection, whose
     buffers the kernel picks from ONE provided-buffer ring (L{BufferRing}, 5.19)
     shared by all the reactor's connections: an idle connection holds no buffer.
-    Each data CQE is copied out as exact-size C{bytes}, its buffer handed straight
-    back, and C{protocol.dataReceived} called. Every (re-)arm starts with a
+    Each data CQE is copied out as exact-size C{bytes}, its buffer handed back after
+    the batch, and C{protocol.dataReceived} called. Where the kernel has recv
+    bundles (IORING_RECVSEND_BUNDLE, 6.10), one CQE brings everything the socket had
+    queued, over several consecutive buffers of the ring (one C{bytes}: one slice
+    when they are consecutive in memory, as they usually are). A stream (a CQE that
+    filled a shared buffer with more queued, or a big bundle) moves to a second,
+    small ring of large buffers (64 KiB): C{dataReceived} then gets what epoll's
+    C{recv(65536)} would, through 1 MiB of buffers that stay in the CPU's cache,
+    instead of cycling through the whole shared ring (bulk receive cost ~1.5x more
+    CPU that way); after a run of small messages, or when the large buffers run
+    out, it moves back. Every (re-)arm starts with a
     single-shot recv (same buffer ring), and the multishot one is armed once a recv
     found the socket drained (see L{_CompletionConnection._armRecv} for the kernel
     behaviour that makes this necessary); it is armed again after its final CQE
@@ -43,10 +52,17 @@ Design, and why:
 
   - The hot path avoids the public op API: no Handle, Deferred or argument checks per
     message. Each op is a small record in the ring's user_data table
-    (C{ring._handles}) whose C{_more}/C{_final} are bound methods of the connection;
-    SQEs are prepared by C functions that take a C{bytes} object's own buffer; the
-    buffer ring's chunks are precomputed C{ffi.buffer}s, one slice per message.
-    Rare ops (accept, connect) go through the public API.
+    (C{ring._handles}): a recv's is a L{_RecvOp}, which delivers its data CQEs
+    itself; a send's is the connection (one send in flight); SQEs are prepared by C
+    functions that take a C{bytes} object's own buffer; the buffer ring's chunks are
+    precomputed C{ffi.buffer}s, one slice per message. Rare ops (accept, connect) go
+    through the public API.
+
+  - Memory per idle connection is no more than EPollReactor's: a connection keeps
+    its recv record and its table entry, and nothing else of its own (no bound
+    methods, no log context dicts: see L{_logContextEntry}); and C{tcp.Server}'s
+    per-connection strings and bound C{fileno} are made when asked
+    (L{_MadeWhenAsked}, C{_CompletionConnection.fileno}).
 
   - The reactor's IReactorFDSet view stays true: a transport is in C{getReaders()}
     while it reads and in C{getWriters()} while it has data to write, and
@@ -90,6 +106,13 @@ _ECANCELED = -errno.ECANCELED
 _ENOBUFS = -errno.ENOBUFS
 #: IORING_CQE_F_SOCK_NONEMPTY (5.19): the socket had more data queued after this recv.
 _CQE_F_SOCK_NONEMPTY = 1 << 2
+#: IORING_RECV_MULTISHOT (6.0), in a recv SQE's ioprio
+_RECV_MULTISHOT = 1 << 1
+#: IORING_RECVSEND_BUNDLE (6.10), in a recv SQE's ioprio: one CQE may fill several
+#: provided buffers, consecutive in the ring, all the socket has queued
+RECV_BUNDLE = lib.TXU_RECVSEND_BUNDLE
+#: IORING_FEAT_RECVSEND_BUNDLE (6.10): the kernel takes RECV_BUNDLE
+FEAT_RECVSEND_BUNDLE = 1 << 14
 _CONNECTION_DONE = main.CONNECTION_DONE
 _CONNECTION_LOST = main.CONNECTION_LOST
 #: accept errors that say the socket cannot accept at all (not listening -- never
@@ -99,22 +122,45 @@ _CONNECTION_LOST = main.CONNECTION_LOST
 _BROKEN_LISTENER = (-errno.EINVAL, -errno.EBADF, -errno.ENOTSOCK)
 #: One send moves at most this much (the kernel's len is 32-bit; sends are short anyway).
 _MAX_SEND = 1 << 30
+#: A bundle CQE of at least this many bytes on the shared buffer group means a stream:
+#: the connection moves to the large buffers (see _CompletionConnection._maybeStream).
+_STREAM_MIN = 16384
+#: After this many data CQEs in a row that each filled less than a shared buffer, a
+#: connection on the large buffers moves back to the shared group.
+_SMALL_RUN = 8
 
 
-def _logContextOf(transport):
+def _logContextEntry(transport, key):
     """
-    The context entry C{log.callWithLogger(transport, ...)} pushes, made once per
-    transport instead of once per event: the reactor's log context with the
-    transport's log prefix as "system".
+    C{entry[key]} for an entry of the log context stack (C{twisted.python.context})
+    that a transport's protocol callbacks run in: what C{log.callWithLogger(transport,
+    ...)} pushes on the other reactors' loops, C{{ILogContext: {..., "system":
+    logPrefix}}} (the default log context with the transport's prefix as "system").
+    It is built only when something looks it up (a log call), so neither the
+    connection nor the push holds a dict. (The stack's entries are only ever read by
+    C{entry[key]}.)
     """
+    if key is not ILogContext:
+        raise KeyError(key)
     try:
         prefix = transport.logPrefix()
     except BaseException:
         prefix = "Uninitialized"
-    base = context.get(ILogContext) or {}
-    ctx = dict(base)
+    ctx = dict(context.defaultContextDict.get(ILogContext) or {})
     ctx["system"] = prefix
-    return {ILogContext: ctx}
+    return ctx
+
+
+class _LogContext:
+    """An entry of the log context stack for C{transport} (see L{_logContextEntry})."""
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def __getitem__(self, key):
+        return _logContextEntry(self.transport, key)
 
 
 def _filenoToRegister(selectable):
@@ -142,32 +188,68 @@ def _forgetUnsubmitted(reactor, fd):
 
 class _RecvBuffers:
     """
-    The reactor's provided-buffer ring for receiving, with what the hot path needs
-    precomputed: each buffer as an C{ffi.buffer} (slicing one gives C{bytes} in one
-    copy) and its address.
+    One of the reactor's provided-buffer rings for receiving, with what the hot path
+    needs precomputed: each buffer as an C{ffi.buffer} (slicing one gives C{bytes} in
+    one copy) and its address.
 
     @ivar bufring: the L{BufferRing}.
     @ivar gid: its buffer group id (the recv SQEs name it).
     @ivar chunks: buffer id -> C{ffi.buffer} over that buffer.
     @ivar addrs: buffer id -> its address, to hand it back.
     @ivar size: bytes per buffer.
+    @ivar bundle: C{RECV_BUNDLE} when recvs on this group take bundles, else 0 (the
+        ioprio bit every recv armed on it carries).
+    @ivar large: whether this is the reactor's group of large buffers for streams.
+    @ivar streamAt: a data CQE of at least this many bytes on the shared group may
+        come from a stream (see L{_CompletionConnection._maybeStream}).
     @ivar rearmed: recvs that ended with ENOBUFS (the ring ran dry) and were re-armed.
     """
 
     rearmed = 0
 
-    def __init__(self, ring, entries, size):
+    def __init__(self, ring, entries, size, bundle=0, large=False):
         self.bufring = BufferRing(ring, entries, size)
         self.gid = self.bufring.group_id
         self.base = base = self.bufring._base
         self.addrs = [base + i * size for i in range(entries)]
         self.chunks = [ffi.buffer(a, size) for a in self.addrs]
+        #: all the buffers as one C{ffi.buffer}: a bundle over consecutive buffers is
+        #: one slice of it
+        self.whole = ffi.buffer(base, entries * size)
         self.size = size
+        self.entries = entries
+        self.bundle = bundle
+        self.large = large
+        self.streamAt = max(size, _STREAM_MIN) if bundle else size
         self.b = self.bufring._b
         #: ids of buffers copied out and not yet handed back: the reactor hands them
         #: back in one call after each harvested batch (L{flush}), before its next
         #: enter (one C call per message cost ~0.4 us: cffi converting two pointers)
         self.pending = []
+        self._bundleIds = ffi.new("uint16_t[]", entries)
+
+    def bundled(self, bid, res):
+        """
+        The C{res} bytes of a bundle CQE (IORING_RECVSEND_BUNDLE, 6.10) whose data
+        starts in buffer C{bid} and fills more than one buffer, as one C{bytes}; its
+        buffers join the pending hand-back. Raises ValueError if the CQE does not
+        match the ring (it then hands nothing back).
+        """
+        got = lib.txu_bufring_bundle(self.b, bid, res, self._bundleIds, self.entries)
+        if got < 0:
+            raise ValueError("a bundle CQE (buffer %d, %d bytes) does not match the buffer "
+                             "ring (error %d)" % (bid, res, got))
+        n = got & ~lib.TXU_BUNDLE_CONTIGUOUS
+        ids = ffi.unpack(self._bundleIds, n)
+        self.pending.extend(ids)
+        size = self.size
+        if got & lib.TXU_BUNDLE_CONTIGUOUS:
+            start = bid * size
+            return self.whole[start:start + res]
+        chunks = self.chunks
+        parts = [chunks[i] for i in ids]
+        parts[-1] = parts[-1][0:res - (n - 1) * size]
+        return b"".join(parts)
 
     def flush(self):
         """Hand every pending buffer back to the kernel (one C call)."""
@@ -197,78 +279,165 @@ _QUIET = _Quiet()
 
 class _RecvOp:
     """
-    One recv SQE of a connection. Data CQEs go straight to the connection's
-    C{_recvData}; the final CQE says which recv ended, so that a cancelled one's
-    ending is never taken for the current one's.
+    One recv SQE of a connection, on the reactor's shared buffer group. Its data CQEs
+    are delivered here, in C{_more} (the hot path: what would be the connection's
+    method, on the record itself, so that no bound method is kept per connection);
+    the final CQE goes to the connection, and says which recv ended, so that a
+    cancelled one's ending is never taken for the current one's.
 
     @ivar conn: the connection.
     @ivar ud: the op's user_data.
+    @ivar bufs: the L{_RecvBuffers} whose buffers this recv fills.
+    @cvar large: whether those are the reactor's large buffers.
     """
 
-    __slots__ = ("_more", "conn", "ud")
+    __slots__ = ("conn", "ud", "bufs")
     _keep = None  # the buffers are the reactor's buffer ring's, which outlives the op
-    _cqes = None  # (at most once: _more is the connection's own method)
+    _cqes = None  # (at most once: nothing here can take a CQE twice)
+    large = False
 
-    def __init__(self, conn, ud):
+    def __init__(self, conn, ud, bufs):
         self.conn = conn
         self.ud = ud
-        self._more = conn._recvData
+        self.bufs = bufs
+
+    def _more(self, res, flags):
+        """
+        A data CQE (the hot path): copy out, hand the buffer back (after the batch:
+        the reactor's flush), deliver. (L{_CompletionConnection._recvFrom}, inlined.)
+        """
+        conn = self.conn
+        bufs = self.bufs
+        bid = flags >> 16
+        if res <= bufs.size:
+            data = bufs.chunks[bid][0:res]
+            bufs.pending.append(bid)
+        else:
+            data = bufs.bundled(bid, res)  # (a bundle: IORING_RECVSEND_BUNDLE, 6.10)
+        if res >= bufs.streamAt:
+            conn._maybeStream(res, flags)
+        if not conn._reading or conn._stash is not None:
+            if not conn.disconnected:
+                conn._stashAdd(data)
+            return
+        contexts = conn.reactor._logContexts
+        contexts.append(self)  # (the op is the log context entry: __getitem__)
+        try:
+            conn.protocol.dataReceived(data)
+        except BaseException:
+            conn._callbackFailed(True)
+        finally:
+            contexts.pop()
 
     def _final(self, res, flags):
         self.conn._recvEnded(self, res, flags)
 
+    def __getitem__(self, key):
+        """The op doubles as the log context entry its data is delivered in."""
+        return _logContextEntry(self.conn, key)
+
+
+class _LargeRecvOp(_RecvOp):
+    """A recv on the reactor's large buffers (a stream: see L{_RecvBuffers})."""
+
+    __slots__ = ()
+    large = True
+
+    def _more(self, res, flags):
+        self.conn._recvFrom(self.bufs, res, flags)
+
 
 class _SendOp:
     """
-    The send record of a connection (one per connection: one send in flight).
+    Mixed into a connection, which is itself the record of its send op in the ring's
+    table (one send in flight per connection, so one record is enough, and an idle
+    connection holds no extra object for it): the send's CQE comes to C{_final}.
 
     @ivar _keep: the C{bytes} the kernel is reading, held until the final CQE.
-    @ivar ud: the user_data of the send in flight.
+    @ivar _sendUd: the user_data of the send in flight (0: none).
     """
 
-    __slots__ = ("_final", "_keep", "ud")
     _cqes = None  # (at most once: _final is the connection's own method)
+    _keep = None
+    _sendUd = 0
 
-    def __init__(self, conn):
-        self._final = conn._sendDone
-        self._keep = None
-        self.ud = 0
+    @property
+    def _sendOp(self):
+        """True while a send is in flight, else None."""
+        return True if self._sendUd else None
 
     def _more(self, res, flags):
-        pass
+        """(A send never gets more than its one CQE.)"""
+
+    # _final(res, flags): the connection's (_CompletionConnection._final)
 
 
-class _CompletionConnection:
+class _CompletionConnection(_SendOp):
     """
     The completion-based I/O of a connected stream socket, mixed in before
     C{tcp.Connection} (see the module docstring).
 
     @ivar _fd: the fd under which the transport is registered in the reactor.
-    @ivar _bufs: the reactor's L{_RecvBuffers}.
+    @ivar _large: recvs are armed on the reactor's large buffers (a stream).
+    @ivar _smallRun: data CQEs in a row, on the large buffers, smaller than a shared
+        buffer.
     @ivar _reading: registered for reading (listed by getReaders).
     @ivar _writing: registered for writing (listed by getWriters).
     @ivar _recvOp: the L{_RecvOp} armed now, or None.
-    @ivar _sendOp: this connection's L{_SendOp}, or None while no send is in flight.
     @ivar _stash: None, or what arrived while not reading, in order: C{bytes}, then
         possibly the reason the read side ended.
     @ivar _readEnded: EOF or a receive error was seen: no recv is armed again.
     @ivar _passQueued: in the reactor's end-of-pass list.
-    @ivar _logContext: the log context (C{{"system": logPrefix}}) protocol callbacks
-        run in, as C{log.callWithLogger} gives them on the other reactors.
     """
 
     _txuringCompletion = True
     _fd = -1
-    _bufs = None
     _reading = False
     _writing = False
     _recvOp = None
-    _sendOp = None
-    _sendRecord = None
     _stash = None
     _readEnded = False
     _passQueued = False
-    _logContext = None
+    _large = False
+    _smallRun = 0
+
+    # ---- fileno: made when asked ----
+    # tcp.Connection keeps the socket's bound fileno method per connection (assigned
+    # in __init__, deleted in connectionLost, after which FileDescriptor.fileno gives
+    # -1). The same answers, with nothing kept per connection: memory per idle
+    # connection.
+
+    _filenoGone = False
+    _filenoKept = None
+
+    def _filenoNow(self):
+        if self._filenoGone:
+            return -1
+        skt = getattr(self, "socket", None)
+        return -1 if skt is None else skt.fileno()
+
+    @property
+    def fileno(self):
+        kept = self._filenoKept
+        return self._filenoNow if kept is None else kept
+
+    @fileno.setter
+    def fileno(self, value):
+        skt = getattr(self, "socket", None)
+        if self._filenoGone:
+            del self._filenoGone
+        if skt is not None and value == skt.fileno:
+            # (tcp.Connection.__init__: the socket's own, which _filenoNow calls)
+            if self._filenoKept is not None:
+                del self._filenoKept
+        else:
+            self._filenoKept = value  # something else: kept, as assigned
+
+    @fileno.deleter
+    def fileno(self):
+        if self._filenoKept is not None:
+            del self._filenoKept
+        self._filenoGone = True
 
     # ---- registration (IReactorFDSet's view) ----
 
@@ -276,7 +445,6 @@ class _CompletionConnection:
         reactor = self.reactor
         if self._fd < 0:
             self._fd = _filenoToRegister(self)
-            self._bufs = reactor._recvBuffers()
         primary.add(self._fd)
         reactor._selectables[self._fd] = self
 
@@ -295,8 +463,6 @@ class _CompletionConnection:
             return self._callInLoop(self.startReading)
         self._register(reactor._reads)
         self._reading = True
-        if self._logContext is None:
-            self._logContext = _logContextOf(self)
         if self._stash:
             self._queuePass()  # hand over what arrived while paused, first
         if self._recvOp is None and not self._readEnded:
@@ -327,8 +493,6 @@ class _CompletionConnection:
             reactor._writes.add(fd)
             reactor._selectables[fd] = self
         self._writing = True
-        if self._logContext is None:
-            self._logContext = _logContextOf(self)
         if not self._passQueued:
             self._passQueued = True
             reactor._passQueue.append(self)
@@ -383,25 +547,42 @@ class _CompletionConnection:
         ring = reactor.ring
         if ring._closed or ring._forked:
             return  # the reactor was closed (or this is a fork child): nothing to arm
+        if self._large:
+            bufs = reactor._largeRecvBuffers()
+            op = _LargeRecvOp
+        else:
+            bufs = reactor._recvBufs or reactor._recvBuffers()
+            op = _RecvOp
         ud = next(ring._ids)
-        op = self._recvOp = _RecvOp(self, ud)
+        op = self._recvOp = op(self, ud, bufs)
         ring._handles[ud] = op
-        args = (self._fd, self._bufs.gid, multishot)
+        args = (self._fd, bufs.gid, (_RECV_MULTISHOT if multishot else 0) | bufs.bundle)
         if ring._sq.backlog or lib.txu_lean_recv(ring._r, *args, ud, 0) == _EBUSY:
             ring._lean_queue(ud, op, lib.txu_lean_recv, args)
 
-    def _recvData(self, res, flags):
-        """A CQE with data (the hot path): copy out, hand the buffer back, deliver."""
-        bufs = self._bufs
+    def _recvFrom(self, bufs, res, flags):
+        """A data CQE of a recv on C{bufs} (either group): see L{_RecvOp._more}."""
         bid = flags >> 16
-        data = bufs.chunks[bid][0:res]
-        bufs.pending.append(bid)  # handed back after the batch (reactor: flush)
+        if res <= bufs.size:
+            data = bufs.chunks[bid][0:res]
+            bufs.pending.append(bid)
+        else:
+            data = bufs.bundled(bid, res)
+        if not bufs.large:
+            if res >= bufs.streamAt:
+                self._maybeStream(res, flags)
+        elif res < self.reactor._recvBufs.size:
+            self._smallRun += 1
+            if self._smallRun >= _SMALL_RUN and self._large:
+                self._toGroup(False)  # small messages again: back to the shared group
+        else:
+            self._smallRun = 0
         if not self._reading or self._stash is not None:
             if not self.disconnected:
                 self._stashAdd(data)
             return
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             self.protocol.dataReceived(data)
         except BaseException:
@@ -413,7 +594,7 @@ class _CompletionConnection:
         """A protocol callback raised: log it and drop the connection, as epoll does."""
         why = sys.exc_info()[1]
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             log.err()
             self.reactor._disconnectSelectable(self, why, isRead)
@@ -426,6 +607,27 @@ class _CompletionConnection:
         else:
             self._stash.append(item)
 
+    def _maybeStream(self, res, flags):
+        """
+        A data CQE of C{res} bytes filled a shared buffer (or, with bundles, brought
+        at least C{_STREAM_MIN} bytes): a stream. It moves to the reactor's large
+        buffers, where each CQE brings up to a large buffer's worth: fewer, bigger
+        C{dataReceived} calls, and the data goes through few, cache-warm buffers
+        instead of cycling through the whole shared group.
+        """
+        if self._large or not (flags & _CQE_F_SOCK_NONEMPTY or res >= _STREAM_MIN):
+            return
+        if self.reactor._largeRecvBuffers() is not None:
+            self._toGroup(True)
+
+    def _toGroup(self, large):
+        """Arm later recvs on the large buffers (or the shared ones): at the pass end,
+        the armed recv is cancelled and one on the other group armed."""
+        self._large = large
+        self._smallRun = 0
+        if self._recvOp is not None:
+            self._queuePass()
+
     def _recvEnded(self, op, res, flags):
         """The final CQE of recv C{op}."""
         current = op is self._recvOp
@@ -433,20 +635,24 @@ class _CompletionConnection:
             self._recvOp = None
         if res > 0:
             # A last data CQE (single-shot recv; or the multishot stopped).
-            self._recvData(res, flags)
+            self._recvFrom(op.bufs, res, flags)
         elif res == 0 or (res != _ECANCELED and res != _ENOBUFS):
             if not self._readEnded:
                 self._readEnded = True
                 self._readEnd(_CONNECTION_DONE if res == 0 else _CONNECTION_LOST)
             return
         elif res == _ECANCELED:
-            return  # we cancelled it (paused, or the connection ended)
+            return  # we cancelled it (paused, moved to another group, or the end)
         else:
             # ENOBUFS: the buffer ring ran dry. Re-armed at the end of the pass, once
             # the batch's buffers are back (L{_passEnd}): re-armed now, with the SQ
             # full, it would be submitted at once and fail again at once, and the
             # dispatch would never run out of CQEs (a livelock, under a burst).
-            self._bufs.rearmed += 1
+            op.bufs.rearmed += 1
+            if op.bufs.large and current:
+                # The few large buffers are all taken (by other streams): this one
+                # goes back to the shared group.
+                self._large = False
             if current:
                 self._queuePass()
             return
@@ -498,7 +704,7 @@ class _CompletionConnection:
                 self._readEnd(_CONNECTION_DONE)
                 return
             budget -= len(data)
-            contexts.append(self._logContext)
+            contexts.append(_LogContext(self))
             try:
                 self.protocol.dataReceived(data)
             except BaseException:
@@ -518,7 +724,7 @@ class _CompletionConnection:
             self._stashAdd(why)
             return
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             self.reactor._disconnectSelectable(self, why, True)
         except BaseException:
@@ -530,7 +736,7 @@ class _CompletionConnection:
         """Hand over what arrived while paused, in order, while still reading."""
         stash = self._stash
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             while stash and self._reading and not self.disconnected:
                 item = stash.pop(0)
@@ -565,10 +771,58 @@ class _CompletionConnection:
             raise TypeError("Data must be bytes")
         if not self.connected or self._writeDisconnected or not data:
             return
-        self._tempDataBuffer.append(data)
-        self._tempDataLen += len(data)
+        if not self.dataBuffer and not self._tempDataLen:
+            # Nothing buffered: the data is the next send's buffer as it is (no
+            # list, no join). (Empty dataBuffer: offset is 0, see _writeDrained.)
+            self.dataBuffer = data
+        else:
+            self._tempDataBuffer.append(data)
+            self._tempDataLen += len(data)
         if self.producer is not None:
-            self._maybePauseProducer()
+            self._buffered()
+        elif not self._writing:
+            # (startWriting, inlined: on every reply's path)
+            self._writing = True
+            reactor = self.reactor
+            fd = self._fd
+            if fd < 0:
+                self._register(reactor._writes)
+            else:
+                reactor._writes.add(fd)
+                reactor._selectables[fd] = self
+            if not self._passQueued:
+                self._passQueued = True
+                reactor._passQueue.append(self)
+
+    def writeSequence(self, iovec):
+        """
+        C{ITransport.writeSequence}: what C{tcp.Connection.writeSequence} and
+        C{FileDescriptor.writeSequence} do (twisted.web writes its headers with it,
+        some twenty pieces), without a Python call per piece.
+        """
+        if self.TLS:
+            if self.connected:
+                self.protocol.writeSequence(iovec)
+            return
+        for i in iovec:
+            if not isinstance(i, bytes):
+                raise TypeError("Data must be bytes")
+        if not self.connected or not iovec or self._writeDisconnected:
+            return
+        self._tempDataBuffer.extend(iovec)
+        self._tempDataLen += sum(map(len, iovec))
+        self._buffered()
+
+    def _buffered(self):
+        """
+        Data was just buffered: pause a streaming producer if the buffer is over its
+        high-water mark (C{FileDescriptor._maybePauseProducer}), and start writing.
+        """
+        producer = self.producer
+        if (producer is not None and self.streamingProducer
+                and len(self.dataBuffer) + self._tempDataLen > self.bufferSize):
+            self.producerPaused = True
+            producer.pauseProducing()
         if not self._writing:
             self.startWriting()
 
@@ -578,7 +832,7 @@ class _CompletionConnection:
         a readiness event). Returns what C{FileDescriptor.doWrite} returns: None, or
         the reason to disconnect.
         """
-        if self._sendOp is not None:
+        if self._sendUd:
             return None  # one send in flight; its completion comes back here
         remaining = len(self.dataBuffer) - self.offset
         if remaining < self.SEND_LIMIT:
@@ -614,29 +868,30 @@ class _CompletionConnection:
         ring = reactor.ring
         if ring._closed or ring._forked:
             return _CONNECTION_LOST  # the reactor was closed: the bytes cannot go
-        op = self._sendRecord
-        if op is None:
-            op = self._sendRecord = _SendOp(self)
-        ud = op.ud = next(ring._ids)
-        op._keep = data
-        self._sendOp = op
-        ring._handles[ud] = op
-        args = (self._fd, data, off, n if n < _MAX_SEND else _MAX_SEND)
-        if ring._sq.backlog or lib.txu_lean_send(ring._r, *args, ud, 0) == _EBUSY:
-            ring._lean_queue(ud, op, lib.txu_lean_send, args)
+        ud = self._sendUd = next(ring._ids)
+        self._keep = data
+        ring._handles[ud] = self  # (the connection is its send's record: see _SendOp)
+        if n > _MAX_SEND:
+            n = _MAX_SEND
+        if ring._sq.backlog or lib.txu_lean_send(ring._r, self._fd, data, off, n, ud,
+                                                 0) == _EBUSY:
+            ring._lean_queue(ud, self, lib.txu_lean_send, (self._fd, data, off, n))
         return None
 
-    def _sendDone(self, res, flags):
-        """The send in flight completed: account for it; the rest goes next pass."""
-        self._sendOp._keep = None
-        self._sendOp = None
+    def _final(self, res, flags):
+        """
+        The send in flight completed (the connection is its send's record: see
+        L{_SendOp}): account for it; the rest goes next pass.
+        """
+        self._keep = None
+        self._sendUd = 0
         if self.disconnected:
             return
         if res < 0:
             if res == _ECANCELED:
                 return
             contexts = self.reactor._logContexts
-            contexts.append(self._logContext)
+            contexts.append(_LogContext(self))
             try:
                 self.reactor._disconnectSelectable(self, _CONNECTION_LOST, False)
             finally:
@@ -647,6 +902,20 @@ class _CompletionConnection:
             return  # aborted, or stopped by someone else
         if self.offset == len(self.dataBuffer) and not self._tempDataLen:
             # All sent and nothing written meanwhile: finish now rather than in a pass.
+            if (self.producer is None and not self.disconnecting
+                    and not self._writeDisconnecting):
+                # (_writeDrained and stopWriting, inlined: on every reply's path)
+                self.dataBuffer = b""
+                self.offset = 0
+                self._writing = False
+                reactor = self.reactor
+                fd = self._fd
+                reactor._writes.discard(fd)
+                if fd not in reactor._reads:
+                    selectables = reactor._selectables
+                    if selectables.get(fd) is self:
+                        del selectables[fd]
+                return
             try:
                 why = self._writeDrained()
                 if why:
@@ -668,7 +937,7 @@ class _CompletionConnection:
         if self.producer is None and not self.disconnecting and not self._writeDisconnecting:
             return None
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             if self.producer is not None and (
                     (not self.streamingProducer) or self.producerPaused):
@@ -686,7 +955,7 @@ class _CompletionConnection:
     def _lostInContext(self, why, isRead):
         """Disconnect for C{why}, the protocol's callbacks in its log context."""
         contexts = self.reactor._logContexts
-        contexts.append(self._logContext)
+        contexts.append(_LogContext(self))
         try:
             self.reactor._disconnectSelectable(self, why, isRead)
         finally:
@@ -708,10 +977,13 @@ class _CompletionConnection:
         if self._recvOp is None:
             if self._reading and not self._readEnded and not self.disconnected:
                 self._armRecv(0)  # (after ENOBUFS: the buffers are back by now)
-        elif not self._reading:
+        elif not self._reading or self._recvOp.large != self._large:
+            # Paused (and not resumed since), or moving to another buffer group.
             op, self._recvOp = self._recvOp, None
             self.reactor._leanCancel(op.ud)
-        if self._writing and self._sendOp is None and not self.disconnected:
+            if self._reading and not self._readEnded:
+                self._armRecv()
+        if self._writing and not self._sendUd and not self.disconnected:
             # (doWrite itself runs no protocol code; _writeDrained and _lostInContext
             # give what they call the transport's log context)
             try:
@@ -749,21 +1021,83 @@ class _CompletionConnection:
         if self._recvOp is not None:
             op, self._recvOp = self._recvOp, None
             reactor._leanCancel(op.ud)
-        if self._sendOp is not None:
-            reactor._leanCancel(self._sendOp.ud)
+        if self._sendUd:
+            reactor._leanCancel(self._sendUd)
 
     def _newRing(self):
         """The reactor replaced its ring (daemon after fork): ops start over."""
         self._recvOp = None
-        self._sendOp = None
-        self._bufs = self.reactor._recvBuffers()
+        self._sendUd = 0
+        self._large = False
         if self._reading and not self._readEnded:
             self._armRecv()
         if self._writing:
             self._queuePass()
 
 
-class Server(_CompletionConnection, tcp.Server):
+class _MadeWhenAsked:
+    """
+    C{tcp.Server}'s C{logstr} and C{repstr}, made when asked instead of kept as two
+    strings per connection (memory per idle connection: they are read only by
+    C{logPrefix()} and C{repr()}). C{tcp.Server.__init__} assigns both; what it
+    assigns is compared with what they are made from (the protocol's log prefix and
+    class name as they were then, the session number, the peer's host, the port's
+    number: objects held anyway, referenced here, never copied), and kept only if it
+    differs.
+    """
+
+    _logPrefixOf = None
+    _logstrKept = None
+    _reprName = None
+    _reprPort = None
+    _repstrKept = None
+
+    def _logstrOf(self, prefix):
+        return "%s,%s,%s" % (prefix, self.sessionno, self.hostname)
+
+    @property
+    def logstr(self):
+        if self._logstrKept is not None:
+            return self._logstrKept
+        if self._logPrefixOf is None:
+            return tcp.Connection.logstr  # (the class default: "Uninitialized")
+        return self._logstrOf(self._logPrefixOf)
+
+    @logstr.setter
+    def logstr(self, value):
+        prefix = self._getLogPrefix(self.protocol)
+        if value == self._logstrOf(prefix):
+            self._logPrefixOf = prefix
+            if self._logstrKept is not None:  # (no new attribute when there is none)
+                del self._logstrKept
+        else:
+            self._logstrKept = value
+
+    def _repstrOf(self, name, port):
+        return "<%s #%s on %s>" % (name, self.sessionno, port)
+
+    @property
+    def repstr(self):
+        if self._repstrKept is not None:
+            return self._repstrKept
+        if self._reprName is None:
+            raise AttributeError("repstr")  # (as when tcp.Server never assigned it)
+        return self._repstrOf(self._reprName, self._reprPort)
+
+    @repstr.setter
+    def repstr(self, value):
+        name = self.protocol.__class__.__name__
+        port = getattr(self.server, "_realPortNumber", None)
+        if value == self._repstrOf(name, port):
+            self._reprName = name
+            self._reprPort = port
+            if self._repstrKept is not None:
+                del self._repstrKept
+        else:
+            self._repstrKept = value
+
+
+class Server(_MadeWhenAsked, _CompletionConnection, tcp.Server):
     """A connection a L{Port} accepted, on completions."""
 
 
@@ -967,7 +1301,13 @@ class _CompletionPort:
             self._arm = None
         if res >= 0:
             if current and self._accepting and not self.disconnected:
-                log.callWithLogger(self, self._newConnection, res)
+                # (what log.callWithLogger(self, ...) gives, without its dicts)
+                contexts = self.reactor._logContexts
+                contexts.append(_LogContext(self))
+                try:
+                    self._newConnection(res)
+                finally:
+                    contexts.pop()
             else:
                 os.close(res)  # accepted as the port stopped: nobody takes it
         elif res in (-errno.EMFILE, -errno.ENFILE):

@@ -42,6 +42,8 @@ class _MsgOp:
     """A recvmsg op of a UNIX connection (its Handle's user_data, for cancelling)."""
 
     __slots__ = ("ud",)
+    #: (not on the large receive buffers: see _tcp._RecvOp)
+    large = False
 
     def __init__(self, ud):
         self.ud = ud
@@ -92,7 +94,7 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
             self._stashAdd(item)
         else:
             contexts = self.reactor._logContexts
-            contexts.append(self._logContext)
+            contexts.append(_tcp._LogContext(self))
             try:
                 self._deliverMessage(item)
             except BaseException:
@@ -143,7 +145,7 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
     def doWrite(self):
         if not self._sendmsgQueue:
             return _tcp._CompletionConnection.doWrite(self)
-        if self._sendOp is not None or self._pollOut is not None:
+        if self._sendUd or self._pollOut is not None:
             return None  # the send in flight, or writability, comes first
         remaining = len(self.dataBuffer) - self.offset
         if remaining < self.SEND_LIMIT and self._tempDataBuffer:

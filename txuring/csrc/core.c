@@ -54,6 +54,8 @@
 #ifndef IORING_SETUP_NO_SQARRAY
 #define IORING_SETUP_NO_SQARRAY (1U << 16) /* 6.6 */
 #endif
+/* IORING_RECVSEND_BUNDLE (6.10, with IORING_FEAT_RECVSEND_BUNDLE = 1 << 14) */
+#define TXU_RECVSEND_BUNDLE (1U << 4)
 #ifndef IORING_FEAT_REG_REG_RING
 #define IORING_FEAT_REG_REG_RING (1U << 13) /* 6.3 */
 #endif
@@ -615,15 +617,31 @@ struct txu_bufring {
     unsigned buf_size;
     unsigned char *state; /* TXU_BUF_* per buffer id */
     unsigned lent;        /* how many are LENT */
+    /* The ring's order, for bundles: succ[i] is the buffer published right after
+     * buffer i (the next slot of the ring), last the buffer published last (-1: none
+     * yet). A bundle CQE names only its first buffer; the kernel took the others from
+     * the following slots (see txu_bufring_bundle). */
+    unsigned short *succ;
+    int last;
 };
 
-static void bufring_publish(struct txu_bufring *b, unsigned short bid)
+/* Put buffer bid (checked by the caller) in the ring's next slot, not yet visible to
+ * the kernel (the caller moves the tail), and note the ring order for bundles. */
+static void bufring_place(struct txu_bufring *b, unsigned short tail, unsigned short bid)
 {
-    unsigned short tail = b->br->tail;
     struct io_uring_buf *buf = &b->br->bufs[tail & b->mask];
     buf->addr = (uint64_t)(uintptr_t)(b->base + (size_t)bid * b->buf_size);
     buf->len = b->buf_size;
     buf->bid = bid;
+    if (b->last >= 0)
+        b->succ[b->last] = bid;
+    b->last = bid;
+}
+
+static void bufring_publish(struct txu_bufring *b, unsigned short bid)
+{
+    unsigned short tail = b->br->tail;
+    bufring_place(b, tail, bid);
     __atomic_store_n(&b->br->tail, (unsigned short)(tail + 1), __ATOMIC_RELEASE);
 }
 
@@ -636,16 +654,25 @@ static int txu_bufring_setup(struct txu_ring *r, struct txu_bufring *b, unsigned
     memset(b, 0, sizeof *b);
     if (entries == 0 || (entries & (entries - 1)) || entries > 32768 || buf_size == 0)
         return -EINVAL;
+    b->last = -1;
     b->state = calloc(entries, 1);
-    if (!b->state)
+    b->succ = calloc(entries, sizeof *b->succ);
+    if (!b->state || !b->succ) {
+        free(b->state);
+        free(b->succ);
+        b->state = NULL;
+        b->succ = NULL;
         return -ENOMEM;
+    }
     b->size = entries * sizeof(struct io_uring_buf);
     b->br = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (b->br == MAP_FAILED) {
         int err = errno;
         b->br = NULL;
         free(b->state);
+        free(b->succ);
         b->state = NULL;
+        b->succ = NULL;
         return -err;
     }
     b->entries = entries;
@@ -662,7 +689,9 @@ static int txu_bufring_setup(struct txu_ring *r, struct txu_bufring *b, unsigned
         munmap(b->br, b->size);
         b->br = NULL;
         free(b->state);
+        free(b->succ);
         b->state = NULL;
+        b->succ = NULL;
         return ret;
     }
     for (unsigned i = 0; i < entries; i++)
@@ -684,7 +713,9 @@ static int txu_bufring_free(struct txu_ring *r, struct txu_bufring *b)
     munmap(b->br, b->size);
     b->br = NULL;
     free(b->state);
+    free(b->succ);
     b->state = NULL;
+    b->succ = NULL;
     return ret;
 }
 
@@ -1191,15 +1222,17 @@ static int txu_cmsg_get_fds(struct msghdr *msg, int *out, unsigned max)
  * the Ring's overflow queue can prepare them later): 0, or -EBUSY when the SQ is full. */
 
 /* recv into a buffer the kernel picks from provided-buffer group bgid when data
- * arrives: multishot (IORING_RECV_MULTISHOT, 6.0) or one CQE per SQE (buffer rings,
- * 5.19). */
-static int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, int multishot,
+ * arrives. mode: 0 (one CQE per SQE: buffer rings, 5.19), or IORING_RECV_MULTISHOT
+ * (6.0), and/or TXU_RECVSEND_BUNDLE (6.10: one CQE may fill several buffers, see
+ * txu_bufring_bundle); anything else is -EINVAL. */
+static int txu_lean_recv(struct txu_ring *r, int fd, unsigned short bgid, unsigned mode,
                          uint64_t ud, unsigned sf)
 {
+    if (mode & ~(unsigned)(IORING_RECV_MULTISHOT | TXU_RECVSEND_BUNDLE))
+        return -EINVAL;
     PREP(r, IORING_OP_RECV, fd, ud, sf | IOSQE_BUFFER_SELECT);
     sqe->buf_group = bgid;
-    if (multishot)
-        sqe->ioprio = IORING_RECV_MULTISHOT;
+    sqe->ioprio = (unsigned short)mode;
     return 0;
 }
 
@@ -1249,10 +1282,7 @@ static int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids,
         if (bid >= b->entries || b->state[bid] != TXU_BUF_PUBLISHED)
             continue;
         b->state[bid] = TXU_BUF_DELIVERED; /* (marks it taken for the rest of this call) */
-        struct io_uring_buf *buf = &b->br->bufs[(unsigned short)(tail + done) & b->mask];
-        buf->addr = (uint64_t)(uintptr_t)(b->base + (size_t)bid * b->buf_size);
-        buf->len = b->buf_size;
-        buf->bid = (unsigned short)bid;
+        bufring_place(b, (unsigned short)(tail + done), (unsigned short)bid);
         done++;
     }
     for (unsigned i = 0; i < n; i++)
@@ -1260,4 +1290,44 @@ static int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids,
             b->state[bids[i]] = TXU_BUF_PUBLISHED;
     __atomic_store_n(&b->br->tail, (unsigned short)(tail + done), __ATOMIC_RELEASE);
     return (int)done;
+}
+
+/* The buffers of a bundle CQE (IORING_RECVSEND_BUNDLE, 6.10): res bytes (res > 0) in
+ * buffer bid, the first, and the buffers the kernel took from the ring slots that
+ * follow it, each filled whole but the last (the kernel consumes a ring's slots in
+ * order, whole buffers when the group is not incremental; its CQE names the first).
+ * Their ids go to out (room for max) in order. Returns how many (at least 1), ored with
+ * TXU_BUNDLE_CONTIGUOUS when they lie one after the other in memory (so the bytes are
+ * one run from bid's address); -EBADFD once closed; -EINVAL when bid is out of range,
+ * res does not fit, or the chain meets a buffer that is not the kernel's (lent, or
+ * seen twice): the CQE does not match this ring, and nothing was changed. */
+#define TXU_BUNDLE_CONTIGUOUS (1 << 30)
+static int txu_bufring_bundle(struct txu_bufring *b, unsigned bid, int res, uint16_t *out,
+                              unsigned max)
+{
+    if (!b->br)
+        return -EBADFD;
+    if (bid >= b->entries || res <= 0)
+        return -EINVAL;
+    unsigned n = (unsigned)(((unsigned long long)res + b->buf_size - 1) / b->buf_size);
+    if (n > max || n > b->entries)
+        return -EINVAL;
+    unsigned cur = bid, k = 0;
+    int contiguous = 1, ok = 1;
+    for (; k < n; k++) {
+        if (cur >= b->entries || b->state[cur] != TXU_BUF_PUBLISHED) {
+            ok = 0;
+            break;
+        }
+        b->state[cur] = TXU_BUF_DELIVERED; /* (marks it seen for the rest of this call) */
+        out[k] = (uint16_t)cur;
+        if (k && cur != out[k - 1] + 1u)
+            contiguous = 0;
+        cur = b->succ[cur];
+    }
+    for (unsigned i = 0; i < k; i++)
+        b->state[out[i]] = TXU_BUF_PUBLISHED;
+    if (!ok)
+        return -EINVAL;
+    return (int)n | (contiguous ? TXU_BUNDLE_CONTIGUOUS : 0);
 }
