@@ -782,8 +782,11 @@ class _CompletionConnection(_SendOp):
             self._buffered()
         elif not self._writing:
             # (startWriting, inlined: on every reply's path)
-            self._writing = True
             reactor = self.reactor
+            owner = reactor.ring._owner
+            if owner != get_ident() and owner is not None:
+                return self._callInLoop(self.startWriting)  # (see startWriting)
+            self._writing = True
             fd = self._fd
             if fd < 0:
                 self._register(reactor._writes)
