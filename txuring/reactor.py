@@ -202,8 +202,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
     _POLL_OUT = POLLOUT
 
     def __init__(self, queueDepth=256, *, completionTCP=None, multishotRecv=None,
-                 multishotAccept=None, recvBundles=None, recvBuffers=512,
-                 recvBufferSize=16384, largeRecvBuffers=16, largeRecvBufferSize=65536,
+                 multishotAccept=None, recvBundles=None, recvBuffers=2048,
+                 recvBufferSize=2048, largeRecvBuffers=16, largeRecvBufferSize=65536,
                  directSendThreshold=4):
         """
         @param queueDepth: SQ entries of the reactor's ring (the CQ gets 4x).
@@ -218,8 +218,11 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         @param recvBundles: None to let one recv completion fill several receive
             buffers (all the socket has queued: C{IORING_RECVSEND_BUNDLE}) where the
             kernel has it (6.10); False to force one buffer per completion.
-        @param recvBuffers: buffers in the shared receive buffer ring (a power of 2).
-        @param recvBufferSize: bytes per receive buffer.
+        @param recvBuffers: buffers in the shared receive buffer ring (a power of 2):
+            at least as many as connections that may receive in one loop pass (one
+            buffer each; a recv that finds none ends with ENOBUFS and is re-armed).
+        @param recvBufferSize: bytes per receive buffer (a message bigger than one
+            comes over several: one bundle where the kernel has them, 6.10).
         @param largeRecvBuffers: buffers in the ring of large receive buffers that
             streams move to (a power of 2); 0 for none (streams stay on the shared
             ring).

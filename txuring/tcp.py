@@ -338,10 +338,19 @@ class _RecvOp:
 
 
 class _LargeRecvOp(_RecvOp):
-    """A recv on the reactor's large buffers (a stream: see L{_RecvBuffers})."""
+    """
+    A recv on the reactor's large buffers (a stream: see L{_RecvBuffers}).
 
-    __slots__ = ()
+    @ivar multishot: whether it is the multishot recv (else the single-shot one every
+        arm starts with).
+    """
+
+    __slots__ = ("multishot",)
     large = True
+
+    def __init__(self, conn, ud, bufs):
+        _RecvOp.__init__(self, conn, ud, bufs)
+        self.multishot = False
 
     def _more(self, res, flags):
         self.conn._recvFrom(self.bufs, res, flags)
@@ -555,6 +564,8 @@ class _CompletionConnection(_SendOp):
             op = _RecvOp
         ud = next(ring._ids)
         op = self._recvOp = op(self, ud, bufs)
+        if multishot and bufs.large:
+            op.multishot = True
         ring._handles[ud] = op
         args = (self._fd, bufs.gid, (_RECV_MULTISHOT if multishot else 0) | bufs.bundle)
         if ring._sq.backlog or lib.txu_lean_recv(ring._r, *args, ud, 0) == _EBUSY:
@@ -649,9 +660,11 @@ class _CompletionConnection(_SendOp):
             # full, it would be submitted at once and fail again at once, and the
             # dispatch would never run out of CQEs (a livelock, under a burst).
             op.bufs.rearmed += 1
-            if op.bufs.large and current:
-                # The few large buffers are all taken (by other streams): this one
-                # goes back to the shared group.
+            if op.large and current and not op.multishot:  # (op: a _LargeRecvOp)
+                # The multishot recv of a stream faster than the loop ends so when it
+                # has filled every large buffer (they come back after the batch), and
+                # is re-armed on them; but a single-shot one that found none means
+                # other streams hold them all: this one goes back to the shared group.
                 self._large = False
             if current:
                 self._queuePass()
