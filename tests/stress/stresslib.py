@@ -25,6 +25,8 @@ import sys
 import time
 import zlib
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 FULL = os.environ.get("TXURING_STRESS", "").lower() == "full"
 REACTORS = ["uring", "epoll"]
@@ -233,6 +235,21 @@ class Server:
         if os.path.exists(self.errfile.name):
             os.unlink(self.errfile.name)
 
+
+
+@pytest.fixture
+def servers():
+    """Start servers with C{servers(reactor, ...)}; any left running are killed."""
+    made = []
+
+    def start(reactor, **kw):
+        s = Server(reactor, **kw)
+        made.append(s)
+        return s
+
+    yield start
+    for s in made:
+        s.kill()
 
 def _call(server, sock, f, cmd, timeout, kw):
     sock.settimeout(timeout)

@@ -24,26 +24,13 @@ import time
 import pytest
 
 import stresslib
-from stresslib import HERE, REACTORS, EchoLoad, Server, report, scale
+from stresslib import HERE, REACTORS, EchoLoad, report, scale, servers  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 MiB = 1 << 20
 RST = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a RST
 
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def start(reactor, **kw):
-        s = Server(reactor, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
 
 
 def still_serves(server, round_trips=500):

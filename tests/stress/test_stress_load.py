@@ -15,26 +15,12 @@ import time
 import pytest
 
 import stresslib
-from stresslib import REACTORS, EchoLoad, Server, report, scale
+from stresslib import REACTORS, EchoLoad, report, scale, servers  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
 MiB = 1 << 20
 
-
-@pytest.fixture
-def servers():
-    """Start servers with C{servers(reactor, ...)}; any left running are killed."""
-    made = []
-
-    def start(reactor, **kw):
-        s = Server(reactor, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
 
 
 def rss_growth_allowed(seconds):

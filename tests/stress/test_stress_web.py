@@ -17,23 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import stresslib
-from stresslib import REACTORS, Server, report, scale
+from stresslib import REACTORS, report, scale, servers  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(scale(300, 1800))]
 
-
-@pytest.fixture
-def servers():
-    made = []
-
-    def start(reactor, **kw):
-        s = Server(reactor, **kw)
-        made.append(s)
-        return s
-
-    yield start
-    for s in made:
-        s.kill()
 
 
 def http_get(port, path, timeout=10, extra=b""):
