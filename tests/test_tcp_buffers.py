@@ -248,3 +248,50 @@ def test_streams_exhausting_the_large_buffers():
         assert reactor._recvBufsLarge.rearmed + reactor._recvBufs.rearmed > 0
     finally:
         cleanup(reactor)
+
+
+def test_a_bundle_that_does_not_match_drops_the_connection():
+    """
+    A bundle CQE that does not match the ring (here: more bytes than the ring holds)
+    drops the connection with ConnectionLost and logs why, rather than deliver the
+    stream with a gap.
+    """
+    from twisted.python import log
+
+    reactor = UringReactor(recvBufferSize=1024, recvBuffers=8)
+    got = {}
+    events = []
+
+    class Server(Protocol):
+        def connectionMade(self):
+            got["server"] = self
+
+        def dataReceived(self, data):
+            got.setdefault("data", []).append(data)
+            # as if the kernel had reported a bundle bigger than the ring (once the
+            # multishot recv is armed, a pass later)
+            reactor.callLater(0.05, self.bogus)
+
+        def bogus(self):
+            self.transport._recvOp._more(1024 * 8 + 1, CQE_F_BUFFER | (0 << 16))
+
+        def connectionLost(self, reason):
+            got["reason"] = reason
+            reactor.callLater(0, reactor.stop)
+
+    class Client(Protocol):
+        def connectionMade(self):
+            self.transport.write(b"hello")
+
+    log.addObserver(events.append)
+    try:
+        port, portno = listen(reactor, Factory.forProtocol(Server))
+        reactor.connectTCP("127.0.0.1", portno, ClientFactory.forProtocol(Client))
+        run(reactor, timeout=30)
+        got["reason"].trap(error.ConnectionLost)
+        assert got["data"] == [b"hello"]
+        assert any(e.get("isError") and "does not match" in str(e.get("failure", ""))
+                   for e in events)
+    finally:
+        log.removeObserver(events.append)
+        cleanup(reactor)

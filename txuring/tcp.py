@@ -313,7 +313,9 @@ class _RecvOp:
             data = bufs.chunks[bid][0:res]
             bufs.pending.append(bid)
         else:
-            data = bufs.bundled(bid, res)  # (a bundle: IORING_RECVSEND_BUNDLE, 6.10)
+            data = conn._bundled(bufs, bid, res)  # (IORING_RECVSEND_BUNDLE, 6.10)
+            if data is None:
+                return
         if res >= bufs.streamAt:
             conn._maybeStream(res, flags)
         if not conn._reading or conn._stash is not None:
@@ -578,7 +580,9 @@ class _CompletionConnection(_SendOp):
             data = bufs.chunks[bid][0:res]
             bufs.pending.append(bid)
         else:
-            data = bufs.bundled(bid, res)
+            data = self._bundled(bufs, bid, res)
+            if data is None:
+                return
         if not bufs.large:
             if res >= bufs.streamAt:
                 self._maybeStream(res, flags)
@@ -967,6 +971,21 @@ class _CompletionConnection(_SendOp):
             return None
         finally:
             contexts.pop()
+
+    def _bundled(self, bufs, bid, res):
+        """
+        The bytes of a bundle CQE (see L{_RecvBuffers.bundled}), or None if it does
+        not match the buffer ring: then the stream can not go on whole, and the
+        connection is dropped (ConnectionLost) rather than hand over a gap.
+        """
+        try:
+            return bufs.bundled(bid, res)
+        except ValueError:
+            log.err(None, "txuring: receiving on %r" % (self,))
+            if not self.disconnected:
+                self._readEnded = True
+                self._lostInContext(_CONNECTION_LOST, True)
+            return None
 
     def _lostInContext(self, why, isRead):
         """Disconnect for C{why}, the protocol's callbacks in its log context."""
