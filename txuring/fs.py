@@ -540,19 +540,7 @@ class RingOps:
         """
         if not self._has("statx") or (close and not self._has("close")):
             return self.threads.fstat_read(fd, buf, close)
-        try:
-            with self.ring.linked(hard=close):
-                stat_h = self.ring.fstat(fd)
-                read_h = self.ring.read(fd, buf, 0)
-                close_h = self.ring.close(fd) if close else None
-        except (errors.RingClosed, errors.RingForked):
-            if close:
-                _close_now(fd).addErrback(lambda _: None)
-            raise
-        closed = None
-        if close_h is not None:
-            closed = self._result(close_h).addErrback(_close_unless_ran, fd)
-        return _stat_and_read(self._result(stat_h), self._result(read_h), closed)
+        return self._read_chain(fd, buf, True, close)
 
     def read_close(self, fd, buf):
         """
@@ -563,15 +551,28 @@ class RingOps:
         """
         if not self._has("close"):
             return self.threads.read_close(fd, buf)
+        return self._read_chain(fd, buf, False, True)
+
+    def _read_chain(self, fd, buf, stat, close):
+        """
+        The chain of L{fstat_read} and L{read_close}: [statx], read from offset 0,
+        [close, hard-linked], and their L{_stat_and_read} Deferred. The fd is closed
+        by hand where the ring refuses the chain.
+        """
         try:
-            with self.ring.linked(hard=True):
+            with self.ring.linked(hard=close):
+                stat_h = self.ring.fstat(fd) if stat else None
                 read_h = self.ring.read(fd, buf, 0)
-                close_h = self.ring.close(fd)
+                close_h = self.ring.close(fd) if close else None
         except (errors.RingClosed, errors.RingForked):
-            _close_now(fd).addErrback(lambda _: None)
+            if close:
+                _close_now(fd).addErrback(lambda _: None)
             raise
-        closed = self._result(close_h).addErrback(_close_unless_ran, fd)
-        return _stat_and_read(defer.succeed(None), self._result(read_h), closed)
+        stat_d = defer.succeed(None) if stat_h is None else self._result(stat_h)
+        closed = None
+        if close_h is not None:
+            closed = self._result(close_h).addErrback(_close_unless_ran, fd)
+        return _stat_and_read(stat_d, self._result(read_h), closed)
 
     def fsync(self, fd, datasync=False):
         return self._result(self.ring.fsync(fd, datasync=datasync))
