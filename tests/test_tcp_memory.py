@@ -149,3 +149,24 @@ def test_log_context_entries_only_answer_their_key():
         b.close()
     finally:
         cleanup(reactor)
+
+
+def test_get_host_asks_the_kernel_once_and_answers_as_twisted():
+    reactor = UringReactor()
+    try:
+        def check(t, seen):
+            seen["first"] = t.getHost()
+            seen["kept"] = t._localAddress  # (asked once, kept)
+            seen["second"] = t.getHost()
+            seen["expected"] = t.socket.getsockname()
+            seen["t"] = t
+
+        seen, _, _ = serve_one(reactor, Keeper, check)
+        assert seen["first"] == seen["second"]
+        assert (seen["first"].host, seen["first"].port) == seen["expected"][:2]
+        assert seen["kept"] == seen["expected"][:2]
+        assert seen["first"] is not seen["second"]  # a new object per call, as Twisted's
+        with pytest.raises(AttributeError):
+            seen["t"].getHost()  # the socket is gone, as in tcp.Connection
+    finally:
+        cleanup(reactor)

@@ -1132,7 +1132,27 @@ class _MadeWhenAsked:
             self._repstrKept = value
 
 
-class Server(_MadeWhenAsked, _CompletionConnection, tcp.Server):
+class _LocalAddressOnce:
+    """
+    C{getHost()} with the kernel asked for the local address once per connection (it
+    does not change once the socket is connected): twisted.web asks for it on every
+    request, and each answer cost a C{getsockname(2)}. Each call still returns a new
+    address object, as Twisted's does, and fails as Twisted's once the socket is gone.
+    """
+
+    _localAddress = None
+
+    def getHost(self):
+        skt = self.socket  # (AttributeError after connectionLost, as in tcp.Connection)
+        local = self._localAddress
+        if local is None:
+            local = tcp._getsockname(skt)
+            if self.connected:  # (a client's, before it connects, is not the one)
+                self._localAddress = local
+        return self._addressType("TCP", *local)
+
+
+class Server(_LocalAddressOnce, _MadeWhenAsked, _CompletionConnection, tcp.Server):
     """A connection a L{Port} accepted, on completions."""
 
 
@@ -1236,7 +1256,7 @@ class _CompletionConnect:
             self.reactor.ring._cancel_quietly(h)
 
 
-class Client(_CompletionConnect, _CompletionConnection, tcp.Client):
+class Client(_LocalAddressOnce, _CompletionConnect, _CompletionConnection, tcp.Client):
     """An outgoing TCP connection, on completions."""
 
 
