@@ -185,6 +185,11 @@ int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off, unsig
 int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf);
 int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, uint64_t off,
                   uint64_t ud, unsigned sf);
+int txu_lean_open(struct txu_ring *r, int dfd, const char *path, int flags, unsigned mode,
+                  uint64_t ud, unsigned sf);
+int txu_lean_read_close(struct txu_ring *r, int fd, char *buf, unsigned len,
+                        uint64_t close_ud, uint64_t ud, unsigned sf);
+int txu_fstat_cached(int fd, uint64_t *size);
 int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n);
 #define TXU_BUNDLE_CONTIGUOUS ...
 #define TXU_RECVSEND_BUNDLE ...

@@ -63,6 +63,7 @@ import stat as _stat
 import sys
 import threading
 import warnings
+from functools import partial
 
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
@@ -518,13 +519,14 @@ class RingOps:
     def stat(self, path, follow_symlinks=True, dir_fd=None):
         if not self._has("statx"):
             return self.threads.stat(path, follow_symlinks, dir_fd)
-        return self._result(self.ring.statx(path, follow_symlinks=follow_symlinks,
-                                            dir_fd=dir_fd))
+        # Off the public op API (the hot path of stat and of web servers): see
+        # txuring.leanfile.
+        return leanfile.statx(self.ring, path, follow_symlinks, dir_fd)
 
     def fstat(self, fd):
         if not self._has("statx"):
             return self.threads.fstat(fd)
-        return self._result(self.ring.fstat(fd))
+        return leanfile.statx(self.ring, "", True, fd)
 
     def fstat_read(self, fd, buf, close=False):
         """
@@ -833,6 +835,12 @@ class FileSystem:
         """The contents of the file at C{path}: Deferred[bytes]."""
         path = _path(path)
         ops = self._ops()
+        if ops.kind == "io_uring" and ops._has("openat2") and ops._has("close"):
+            # Off the public op API: see txuring.leanfile. (Its IORING_OP_OPENAT came
+            # with IORING_OP_OPENAT2, in 5.6.)
+            return leanfile.read_file(ops.ring, path, ITER_CHUNK,
+                                      partial(self._rf_lean_general, ops, path),
+                                      ops.read_close)
         # Callbacks rather than a coroutine: this is the hot path of small-file
         # servers, and each coroutine step costs. Two trips for a small file: the
         # open with a stat of the path alongside it, then its read and close in one
@@ -871,6 +879,11 @@ class FileSystem:
         # The file changed between the stat and the read (or the path now names
         # something else): the general loop on a new fd (that first one is closed).
         return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops, path)
+
+    def _rf_lean_general(self, ops, path, fd):
+        if fd is None:
+            return ops.open(path, os.O_RDONLY).addCallback(self._rf_general, ops, path)
+        return self._rf_general(fd, ops, path)
 
     def _rf_general(self, fd, ops, path):
         d = ops.fstat(fd).addCallback(self._rf_stat, ops, fd, path)

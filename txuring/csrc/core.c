@@ -1259,6 +1259,57 @@ static int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, ui
     return 0;
 }
 
+/* openat(2) as IORING_OP_OPENAT (5.6): path (NUL-terminated, held by the caller
+ * until the SQE is submitted: the kernel copies it then) relative to dfd. Tried
+ * inline with a cached lookup (LOOKUP_CACHED, 5.10: no disk I/O in the submitter);
+ * only an uncached or creating open goes to an io-wq worker. */
+static int txu_lean_open(struct txu_ring *r, int dfd, const char *path, int flags,
+                         unsigned mode, uint64_t ud, unsigned sf)
+{
+    PREP(r, IORING_OP_OPENAT, dfd, ud, sf);
+    sqe->addr = ADDR(path);
+    sqe->len = mode;
+    sqe->open_flags = (unsigned)flags;
+    return 0;
+}
+
+/* A read of len bytes into buf from offset 0 of fd, then the close of fd, as one
+ * chain: IOSQE_IO_HARDLINK (5.5) starts the close once the read has ended, whatever
+ * it gave, so the fd is closed after the kernel stopped using it and never before.
+ * Both SQEs or neither (-EBUSY): a chain split across two submissions loses its
+ * link, and the close could then overtake the read. Two CQEs: the read's (ud),
+ * then the close's (close_ud). */
+static int txu_lean_read_close(struct txu_ring *r, int fd, char *buf, unsigned len,
+                               uint64_t close_ud, uint64_t ud, unsigned sf)
+{
+    if (txu_sq_space(r) < 2)
+        return RING_OK(r) ? -EBUSY : -EBADFD;
+    {
+        PREP(r, IORING_OP_READ, fd, ud, sf | IOSQE_IO_HARDLINK);
+        sqe->addr = ADDR(buf);
+        sqe->len = len;
+        sqe->off = 0;
+    }
+    {
+        PREP(r, IORING_OP_CLOSE, fd, close_ud, sf);
+    }
+    return 0;
+}
+
+/* The type and size of the file open on fd, from the attributes the kernel already
+ * holds: statx(2) (4.11) with AT_STATX_DONT_SYNC, so that on NFS, CIFS, Ceph or FUSE
+ * it never waits for a server (a local file system answers from the inode at once).
+ * 1 for a regular file, 0 for anything else, or -errno; *size set on success. */
+static int txu_fstat_cached(int fd, uint64_t *size)
+{
+    struct statx stx;
+    if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                STATX_TYPE | STATX_SIZE, &stx) < 0)
+        return -errno;
+    *size = stx.stx_size;
+    return (stx.stx_mask & STATX_TYPE) && (stx.stx_mode & S_IFMT) == S_IFREG;
+}
+
 /* Async cancel of the op with user_data target (its own CQE goes to ud). */
 static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf)
 {
