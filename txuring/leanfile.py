@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from txuring import errors
 from txuring._core import ffi, lib
-from txuring.opcode import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
+from txuring.opcode import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW, _dir_fd, _fd, _path
 from txuring.types import STATX_BASIC_STATS, STATX_BTIME, statx_result_of
 
 _EBUSY = -errno.EBUSY
@@ -50,6 +50,7 @@ def pread(ring, fd, buf, offset):
     (-1: the file position) of C{fd}, on C{ring} (whose owner thread this is).
     """
     _check(ring)
+    fd = _fd(fd)
     record = _ReadRecord(ring, None, buf)
     _prep(ring, lib.txu_lean_read, record.ud, record,
           (fd, record.ptr, len(buf), offset & 0xFFFFFFFFFFFFFFFF))
@@ -64,12 +65,13 @@ def statx(ring, path, follow_symlinks=True, dir_fd=None):
     the disk); here only the Python around it is lean.
     """
     _check(ring)
+    dir_fd = _dir_fd(dir_fd)  # (ValueError here, not a cffi error once registered)
     record = _StatxRecord(ring, path or None, path)
     at = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
     if not path:
         at |= AT_EMPTY_PATH
     _prep(ring, lib.txu_prep_statx, record.ud, record,
-          (_AT_FDCWD if dir_fd is None else dir_fd, record.c_path, at,
+          (dir_fd, record.c_path, at,
            STATX_BASIC_STATS | STATX_BTIME, record.out))
     return record.deferred
 
@@ -149,7 +151,8 @@ class _StatxRecord(_OneOp):
 
     def __init__(self, ring, filename, path):
         _OneOp.__init__(self, ring, filename)
-        self.c_path = ffi.new("char[]", os.fsencode(path))
+        # (_path: a NUL byte would end the kernel's copy early: another path)
+        self.c_path = ffi.new("char[]", _path(path))
         self.out = ffi.new("struct statx *")
 
     def _let_go(self):
@@ -173,10 +176,19 @@ def _cancel_op(ring, ud):
 
 
 def _prep(ring, prep, ud, record, args):
-    """Prepare a lean op's SQE, or queue it behind the overflow queue (never lost)."""
+    """
+    Prepare a lean op's SQE, or queue it behind the overflow queue (never lost). An
+    argument cffi refuses (the callers check theirs first) is raised before any SQE
+    exists: the op then leaves the ring's table too, where it would never end (and
+    the ring could never be drained).
+    """
     ring._handles[ud] = record
-    if ring._sq.backlog or prep(ring._r, *args, ud, 0) == _EBUSY:
-        ring._lean_queue(ud, record, prep, args)
+    try:
+        if ring._sq.backlog or prep(ring._r, *args, ud, 0) == _EBUSY:
+            ring._lean_queue(ud, record, prep, args)
+    except (TypeError, ValueError, OverflowError):
+        del ring._handles[ud]
+        raise
     if ring.on_pending is not None and not ring._pending_notified:
         ring._notify_pending()
 
@@ -236,7 +248,7 @@ class _ReadFile:
         self.ud = next(ring._ids)
         self.step = _OPENING
         self.path = path
-        self.c_path = ffi.new("char[]", os.fsencode(path))
+        self.c_path = ffi.new("char[]", _path(path))  # (refuses a NUL byte)
         self.limit = limit
         self.general = general
         self.read_close = read_close
