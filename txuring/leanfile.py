@@ -332,7 +332,16 @@ class _ReadFile:
         self._chain_ended()
 
     def _closed(self, res):
-        self.fd = -1
+        fd, self.fd = self.fd, -1
+        if res == -errno.ECANCELED:
+            # Cancelled before it ran (a close punted to io-wq, as for a file system
+            # with a flush method -- NFS, FUSE, overlayfs -- met by a cancel: drain(),
+            # the shutdown deadline): the fd is still open. (As _close_unless_ran in
+            # txuring.fs does for the public API's close.)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._chain_ended()
 
     def _chain_ended(self):
