@@ -92,3 +92,36 @@ def test_a_close_cancelled_by_the_kernel_is_done_by_hand(ring, tmp_path, monkeyp
     d, out, general = start(ring, str(p))
     drive_until(ring, lambda: out)
     assert result(out) == b"c" * 100 and general.calls == []
+
+
+def test_the_public_chain_refused_closes_the_fd_once(ring, tmp_path, monkeypatch):
+    # The SQ has no room for the read and close: the public API's chain is used, and
+    # the ring refuses it (RingClosed): read_close closes the fd itself then. Before:
+    # _hand_over closed it a second time (EBADF here; another thread's new fd in a
+    # threaded program), and the EBADF escaped into the dispatch loop: the Deferred
+    # never fired.
+    p = tmp_path / "f"
+    p.write_bytes(b"y" * 300)
+    d, out, general = start(ring, str(p))
+    ring.submit()
+    wait_cqes(ring)
+    nops = [ring.noop() for _ in range(ring.queue_depth - 1)]
+    assert lib.txu_sq_space(ring._r) == 1
+    closes = []
+    real_close = os.close
+
+    def close(fd):
+        closes.append(fd)
+        return real_close(fd)
+
+    def refuse():
+        raise errors.RingClosed("refused")
+
+    monkeypatch.setattr(os, "close", close)
+    with monkeypatch.context() as m:
+        m.setattr(ring, "_check_usable", refuse)
+        ring.fill_completions()
+    assert out and out[0].check(errors.RingClosed)
+    assert len(closes) == len(set(closes)) == 1
+    settle(ring)
+    assert all(h.done for h in nops)

@@ -320,7 +320,11 @@ class _ReadFile:
             ring._notify_pending()
 
     def _read_close_api(self, fd):
-        return self.read_close(fd, self.buf).addCallback(self._read_close_answered)
+        try:
+            d = self.read_close(fd, self.buf)
+        except (errors.RingClosed, errors.RingForked):
+            return fail()  # (read_close closed the fd when the ring refused it)
+        return d.addCallback(self._read_close_answered)
 
     def _read_close_answered(self, stat_n):
         if stat_n[1] == self.size:
