@@ -125,3 +125,46 @@ def test_the_public_chain_refused_closes_the_fd_once(ring, tmp_path, monkeypatch
     assert len(closes) == len(set(closes)) == 1
     settle(ring)
     assert all(h.done for h in nops)
+
+
+# ---- a fork child cancelling what its parent started ----
+
+
+@pytest.mark.parametrize("what", ["pread", "read_file"])
+def test_a_cancel_in_a_fork_child_fires_at_once(ring, tmp_path, what):
+    # Before: the cancel found the ring forked, asked nothing, and left the Deferred
+    # paused for ever in the child (no CQE ever comes there).
+    r, w = os.pipe()
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    try:
+        out = []
+        if what == "pread":
+            d = leanfile.pread(ring, r, bytearray(10), -1)  # (no writer yet: waits)
+            d.addBoth(out.append)
+        else:
+            d, out, _ = start(ring, fifo)  # (its open waits for a writer)
+        ring.submit()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                d.cancel()
+                ok = bool(out) and out[0].check(leanfile.CancelledError) is not None
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not out  # (the parent's op goes on)
+        if what == "pread":
+            os.write(w, b"hi")
+            drive_until(ring, lambda: out)
+            assert result(out) == 2
+        else:
+            wfd = os.open(fifo, os.O_WRONLY)
+            os.write(wfd, b"data")
+            os.close(wfd)
+            drive_until(ring, lambda: out)
+            assert result(out) == b"data"
+    finally:
+        os.close(r)
+        os.close(w)

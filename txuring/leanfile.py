@@ -101,8 +101,13 @@ class _OneOp:
     def _cancel(self, d):
         d.pause()  # the CancelledError goes on once the kernel has let go (_final)
         d.errback(Failure(CancelledError("the %s was cancelled" % (self.what,))))
+        if self.ring._forked:
+            # A fork child: the op is the parent's, whose memory the kernel writes,
+            # never this process's copy; and no CQE ever comes here.
+            self._let_go()
+            d.unpause()
         # (an op still in the overflow queue is ended there; else the kernel is asked)
-        if not self.ring._unqueue_user_data(self.ud):
+        elif not self.ring._unqueue_user_data(self.ud):
             _cancel_op(self.ring, self.ud)
 
     def _more(self, res, flags):
@@ -261,7 +266,18 @@ class _ReadFile:
     def _cancel(self, d):
         d.pause()  # (goes on in _end, once nothing of this record is in flight)
         d.errback(Failure(CancelledError("read_file was cancelled")))
-        if self.step == _HANDED_OVER:
+        if self.ring._forked and self.step != _HANDED_OVER:
+            # A fork child: its ops are the parent's (see _OneOp._cancel); the copy
+            # of the fd this process inherited is its own to close.
+            if self.fd >= 0:
+                fd, self.fd = self.fd, -1
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.buf = self.ptr = self.c_path = None
+            d.unpause()
+        elif self.step == _HANDED_OVER:
             self.inner.cancel()
         elif self.step == _OPENING and self.ring._unqueue_user_data(self.ud):
             pass  # (never submitted: ended here with ECANCELED)
