@@ -13,7 +13,7 @@ from txuring import errors, fs, leanfile
 from txuring._core import lib
 
 from ringutil import drive_until, settle, wait_cqes
-from test_leanfile import LIMIT, open_fds, result, ring, start  # noqa: F401 (fixture)
+from test_leanfile import result, ring, start  # noqa: F401 (ring: the fixture)
 
 
 # ---- arguments cffi would refuse only once the op is in the ring's table ----
