@@ -20,6 +20,7 @@ import time
 
 import pytest
 from twisted.python import log
+from twisted.python.failure import Failure
 
 import txuring
 from txuring import errors
@@ -749,3 +750,36 @@ def test_r14_huge_batch_refused_before_the_ring_is_made():
         os.close(fd)
     assert not leaked, "Ring(batch=2**40) leaked its io_uring fd (%s)" % (info.value,)
     assert isinstance(info.value, ValueError) and "batch" in str(info.value), info.value
+
+
+def test_r5_ops_that_ran_before_the_owner_thread_ended_get_their_own_result(tmp_path):
+    """
+    An op the kernel completed before the owner thread ended, its CQE not yet
+    dispatched, ends with that CQE's result at exit(), not with the ECANCELED given to
+    ops that never ran: a close that ran must not be done again by hand (that would
+    close whatever file took its number since).
+    """
+    fd = os.open(tmp_path / "f", os.O_CREAT | os.O_RDONLY)
+    box = {}
+
+    def owner():
+        ring = txuring.Ring(8)
+        box["closed"] = ring.syscall_result(ring.close(fd))
+        ring.submit()
+        box["ring"] = ring
+
+    t = threading.Thread(target=owner)
+    t.start()
+    t.join()
+    ring = box.pop("ring")
+    deadline = time.monotonic() + 2
+    while not ring.closed:
+        try:
+            ring.exit()
+        except (errors.RingBusy, RuntimeError):
+            assert time.monotonic() < deadline, "the ring could not be closed"
+            time.sleep(0.05)
+    got = []
+    box["closed"].addBoth(got.append)
+    assert got and not isinstance(got[0], Failure), got
+    assert not fd_open(fd)

@@ -299,7 +299,12 @@ class Ring(Operations):
             "/proc/self/task/%d" % (owner.native_id,))
 
     def _end_all(self, res):
-        """End every op the kernel holds nothing of any more, as if with C{res}."""
+        """
+        End every op the kernel holds nothing of any more: first with the CQEs it
+        posted (an op that ran, a close for one, must not look as if it had not), then
+        the rest as if with C{res}.
+        """
+        self._cq.dispatch()
         self._sq.clear()
         while self._handles:
             _, target = self._handles.popitem()
