@@ -10,8 +10,16 @@ rates and even CPU time move with the neighbours:
   - syscalls: system calls (strace -c -f), in all and the most frequent ones.
   - calls: Python function calls and calls of C functions from Python
     (sys.setprofile), with the most frequent ones.
+  - cpu: the server's CPU time per unit, split into user and kernel time (utime and
+    stime from /proc/PID/stat at the window's edges; no tool attached, clock ticks of
+    10 ms, so use windows of seconds).
+  - profile: where the server's Python time goes, by module (cProfile between the
+    window's edges; each function's own time, grouped: txuring, Twisted, zope.interface,
+    the rest of Python's library, and C functions called from Python). cProfile slows
+    Python calls more than C work, so read the shares as a guide to where the
+    interpreter's time goes, not as exact figures.
 
-    python benchmarks/bench_counts.py [--measure instructions,syscalls,calls]
+    python benchmarks/bench_counts.py [--measure instructions,syscalls,calls,cpu,profile]
         [--workloads echo-1,echo-50] [--reactors uring,epoll] [--seconds 4]
         [--warmup 2] [--top 12]
 
@@ -48,7 +56,13 @@ sys.path.insert(0, HERE)
 import suite  # noqa: E402
 from _stats import table  # noqa: E402
 
-MEASURES = ["instructions", "syscalls", "calls"]
+MEASURES = ["instructions", "syscalls", "calls", "cpu", "profile"]
+#: profile: how a function's file is grouped (first match of a path fragment)
+PROFILE_GROUPS = [("/txuring/", "txuring"), ("/twisted/", "Twisted"),
+                  ("/zope/", "zope.interface")]
+#: profile: the calls in which a reactor sleeps until something happens (left out)
+PROFILE_WAITS = ("txu_wait", "'poll' of 'select.epoll", "'poll' of 'select.poll",
+                 "'select' of 'select")
 PY_ALLOC = ("_PyObject_Malloc", "_PyObject_Calloc")
 C_ALLOC = ("malloc", "calloc", "realloc")
 
@@ -71,6 +85,8 @@ def start_server(name, measure, workdir, cert):
                "--callgrind-out-file=" + os.path.join(workdir, "cg.%p")] + cmd
     elif measure == "calls":
         cmd += ["--count-calls", os.path.join(workdir, "calls.json")]
+    elif measure == "profile":
+        cmd += ["--profile", os.path.join(workdir, "profile.pstats")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, cwd=ROOT, env=server_env())
     ready, _, _ = select.select([proc.stdout], [], [], 300)
@@ -100,6 +116,9 @@ def edge_hook(measure, pid, workdir):
         end = ("kill -INT $(cat %(pidfile)s); for i in $(seq 500); do "
                "kill -0 $(cat %(pidfile)s) 2>/dev/null || break; sleep 0.01; done"
                % {"pidfile": pidfile})
+    elif measure == "cpu":
+        start = "cat /proc/%d/stat > %s" % (pid, os.path.join(workdir, "stat.start"))
+        end = "cat /proc/%d/stat > %s" % (pid, os.path.join(workdir, "stat.end"))
     else:
         start = "kill -USR1 %d" % (pid,)
         end = "kill -USR2 %d" % (pid,)
@@ -132,13 +151,40 @@ def call_counts(path):
     return counts
 
 
+def cpu_ticks(path):
+    """(utime, stime) in seconds from a copy of /proc/PID/stat."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def profile_split(path):
+    """{group: seconds of own time} from a pstats file (see PROFILE_GROUPS)."""
+    import pstats
+
+    groups = collections.Counter()
+    for (filename, _, name), (_, _, tottime, _, _) in pstats.Stats(path).stats.items():
+        if any(w in name for w in PROFILE_WAITS):
+            continue  # (time asleep, not CPU)
+        if filename == "~":
+            group = "C functions called from Python"
+        else:
+            group = next((g for frag, g in PROFILE_GROUPS if frag in filename),
+                         "other Python")
+        groups[group] += tottime
+    return groups
+
+
 def measure_one(exe, workload, measure, proc, info, workdir, warmup, seconds):
     """One window; returns (units, {figure: count}, {name: count} for the top list)."""
     hook = edge_hook(measure, proc.pid, workdir)
     before = set(glob.glob(os.path.join(workdir, "cg.%d.*" % proc.pid)))
     calls_file = os.path.join(workdir, "calls.json")
-    if os.path.exists(calls_file):
-        os.unlink(calls_file)
+    for stale in (calls_file, os.path.join(workdir, "profile.pstats"),
+                  os.path.join(workdir, "stat.start"), os.path.join(workdir, "stat.end")):
+        if os.path.exists(stale):
+            os.unlink(stale)
     env = dict(os.environ, LOADGEN_EDGE_HOOK=hook)
     done = subprocess.run([exe, workload.mode, str(info[workload.service]),
                            str(workload.conns), str(workload.size), str(warmup),
@@ -187,6 +233,21 @@ def measure_one(exe, workload, measure, proc, info, workdir, warmup, seconds):
                 if len(parts) >= 5 and parts[-1] != "total" and parts[3].isdigit():
                     top[parts[-1]] = int(parts[3])
         return units, {"syscalls": sum(top.values())}, top
+    if measure == "cpu":
+        (u0, s0), (u1, s1) = (cpu_ticks(os.path.join(workdir, "stat.start")),
+                              cpu_ticks(os.path.join(workdir, "stat.end")))
+        # (in microseconds, so that the per-unit figures read as us per unit)
+        figures = {"user us": (u1 - u0) * 1e6, "kernel us": (s1 - s0) * 1e6}
+        return units, figures, {}
+    if measure == "profile":
+        path = os.path.join(workdir, "profile.pstats")
+        while not os.path.exists(path) and time.time() < deadline:
+            time.sleep(0.1)
+        groups = profile_split(path)
+        total = sum(groups.values()) or 1
+        # shares in percent (the top list gives the same per unit, under cProfile)
+        figures = {"%% %s" % g: 100.0 * v / total * units for g, v in groups.items()}
+        return units, figures, {g: v * 1e6 for g, v in groups.items()}
     while not os.path.exists(calls_file) and time.time() < deadline:
         time.sleep(0.1)
     with open(calls_file) as f:

@@ -4,7 +4,7 @@ workload's service on its own port with Twisted's stock pieces, so that what dif
 runs is the reactor (and whatever transports it brings).
 
     python benchmarks/suite_server.py REACTOR [--tls-cert PEM --tls-key PEM] [--http-body N]
-                                      [--count-calls JSON]
+                                      [--count-calls JSON] [--profile PSTATS]
 
 REACTOR is uring (whatever C{txuring.reactor.UringReactor} is installed: its transports are
 its own business), uring:OPTION=VALUE[:OPTION=VALUE...] (UringReactor with those keyword
@@ -168,6 +168,32 @@ def count_calls_on_signals(path):
     signal.signal(signal.SIGUSR2, stop)
 
 
+def profile_on_signals(path):
+    """
+    For bench_counts.py: SIGUSR1 starts a cProfile of the server, SIGUSR2 stops it and
+    writes its statistics (pstats format) to C{path}.
+    """
+    import cProfile
+    import signal
+
+    state = {}
+
+    def start(signum, frame):
+        state["p"] = cProfile.Profile()
+        state["p"].enable()
+
+    def stop(signum, frame):
+        prof = state.pop("p", None)
+        if prof is None:
+            return
+        prof.disable()
+        prof.dump_stats(path + ".tmp")
+        os.rename(path + ".tmp", path)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("reactor")
@@ -176,9 +202,13 @@ def main():
     parser.add_argument("--http-body", type=int, default=64)
     parser.add_argument("--count-calls", metavar="JSON",
                         help="count Python calls between SIGUSR1 and SIGUSR2, into JSON")
+    parser.add_argument("--profile", metavar="PSTATS",
+                        help="cProfile the server between SIGUSR1 and SIGUSR2, into PSTATS")
     args = parser.parse_args()
     if args.count_calls:
         count_calls_on_signals(args.count_calls)
+    if args.profile:
+        profile_on_signals(args.profile)
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -64,6 +64,9 @@ def test_tiny_run_counts_requests(tmp_path):
     (sample,) = memory["samples"]["uring"]
     assert memory["connections"] == 50
     assert sample["rss_after_kib"] > 0 and sample["rss_before_kib"] > 0
+    # the baseline comes after echo traffic (the buffer ring resident) and a first block
+    assert sample["warm_requests"] >= 20000
+    assert 0 < sample["rss_rest_kib"] <= sample["rss_before_kib"]
 
     assert "echo-1" in done.stdout and "client check" in done.stdout
 

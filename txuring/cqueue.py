@@ -104,9 +104,14 @@ class CompletionQueue:
                 if lib.txu_harvest(r, self._user_data, self._res, self._flags, batch) <= 0:
                     break
                 continue
-            user_data = unpack(self._user_data, n)
-            results = unpack(self._res, n)
-            flagss = unpack(self._flags, n)
+            if n - i <= 2:
+                # (one or two CQEs, as when few connections are busy: indexing the
+                # arrays costs less than making three lists)
+                user_data, results, flagss = self._user_data, self._res, self._flags
+            else:
+                user_data = unpack(self._user_data, n)
+                results = unpack(self._res, n)
+                flagss = unpack(self._flags, n)
             total += n - i
             # The position lives in the local i while the batch runs (a store into the
             # C struct per CQE would cost more than the rest of this loop); whatever

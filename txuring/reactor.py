@@ -57,7 +57,7 @@ from threading import get_ident
 
 from zope.interface import implementer
 
-from twisted.internet import posixbase, tcp
+from twisted.internet import base, posixbase, tcp
 from twisted.internet.interfaces import IReactorDaemonize, IReactorFDSet
 from twisted.python import context, log
 
@@ -611,6 +611,45 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
 
     # ---- the loop ----
 
+    #: the longest wait, in seconds (Twisted's timeout(): 2**31 ms, epoll_wait's limit)
+    _LONGEST_WAIT = 2147483
+
+    if hasattr(base, "_topHandler"):
+        def mainLoop(self):
+            """
+            Twisted's main loop (C{ReactorBase.mainLoop}), run in passes of
+            L{_passes}: a pass with no timed call due, no call from a thread and no
+            stop pending skips C{runUntilCurrent} and C{timeout} (they would find
+            nothing to do), and the error handler is entered once for many passes
+            rather than once per pass: six Python calls fewer per pass, which is per
+            request when few connections are busy. An exception out of a pass is
+            logged by the same handler as in Twisted's loop, and the loop goes on.
+            """
+            while self._started:
+                with base._topHandler:
+                    self._passes()
+            base._log.info("Main loop terminated.")
+
+    def _passes(self):
+        """Loop passes while the reactor runs (see L{mainLoop})."""
+        longest = self._LONGEST_WAIT
+        while self._started:
+            pending = self._pendingTimedCalls
+            if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                    or self._cancellations > 50):
+                self.runUntilCurrent()
+                t = self.timeout()
+            elif pending:
+                t = pending[0].time - self.seconds()
+                if t <= 0:
+                    self.runUntilCurrent()  # a timed call is due
+                    t = self.timeout()
+                elif t > longest:
+                    t = longest
+            else:
+                t = None
+            self.doIteration(self.running and t)
+
     def doIteration(self, timeout):
         """
         One C{io_uring_enter}: submit what is queued and wait up to C{timeout} seconds
@@ -633,8 +672,11 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         if ring.cqe_ready(timeout):
             ring.fill_completions()
         for bufs in self._recvGroups:
-            if bufs.pending:
-                bufs.flush()  # the receive buffers of the batch, back in one call
+            pending = bufs.pending
+            if pending:
+                # the receive buffers of the batch, back in one call (bufs.flush())
+                bufs.pending = []
+                lib.txu_bufring_recycle_many(bufs.b, pending, len(pending))
         if self._passQueue:
             self._runPasses()
         if self._tryWrites:

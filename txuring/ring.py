@@ -577,12 +577,15 @@ class Ring(Operations):
             self._enable()
         self._pending_notified = False
         cq = self._cq
-        if len(self._sq) or cq.undispatched or cq.unfinished:
+        r = self._r
+        # (len(self._sq), cq.undispatched, cq.unfinished, read without their Python
+        # calls: this runs once per loop pass)
+        if self._sq.backlog or r.batch_next < r.batch_n or cq._unfinished:
             # Ops waiting in the overflow queue must reach the kernel before a blocking
             # wait, or the wait could outlast them (an SQ full of idle polls); CQEs an
             # exception left undispatched (or half-delivered) are ready now.
             self.submit()
-            if len(self._sq) or cq.undispatched or cq.unfinished:
+            if self._sq.backlog or r.batch_next < r.batch_n or cq._unfinished:
                 timeout = 0
         if timeout is None or timeout > _FOREVER:
             timeout_ns = -1  # (a wait of centuries, or inf: no limit)
@@ -590,12 +593,12 @@ class Ring(Operations):
             timeout_ns = 0
         else:
             timeout_ns = max(1, int(timeout * 1e9))
-        ready = lib.txu_wait(self._r, timeout_ns, self._ext_arg, self._taskrun_flag)
-        if ready < 0:
-            if ready == -errno.EINTR:
-                return bool(cq.undispatched or cq.unfinished)
+        ready = lib.txu_wait(r, timeout_ns, self._ext_arg, self._taskrun_flag)
+        if ready > 0:
+            return True
+        if ready < 0 and ready != -errno.EINTR:
             raise self._enter_error(ready)
-        return ready > 0 or bool(cq.undispatched or cq.unfinished)
+        return bool(cq.undispatched or cq.unfinished)
 
     def fill_completions(self):
         """

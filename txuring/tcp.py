@@ -881,10 +881,24 @@ class _CompletionConnection(_SendOp):
             off = self.offset = off + sent
             n -= sent
             if not n:
-                if not self._tempDataLen:
-                    return self._writeDrained()
-                self._queuePass()  # more behind SEND_LIMIT: next pass
-                return None
+                if self._tempDataLen:
+                    self._queuePass()  # more behind SEND_LIMIT: next pass
+                    return None
+                if (self.producer is None and not self.disconnecting
+                        and not self._writeDisconnecting):
+                    # (_writeDrained and stopWriting, inlined: on every reply's path
+                    # when few connections flush)
+                    self.dataBuffer = b""
+                    self.offset = 0
+                    self._writing = False
+                    fd = self._fd
+                    reactor._writes.discard(fd)
+                    if fd not in reactor._reads:
+                        selectables = reactor._selectables
+                        if selectables.get(fd) is self:
+                            del selectables[fd]
+                    return None
+                return self._writeDrained()
         ring = reactor.ring
         if ring._closed or ring._forked:
             return _CONNECTION_LOST  # the reactor was closed: the bytes cannot go
