@@ -185,6 +185,7 @@ int txu_lean_send(struct txu_ring *r, int fd, const char *buf, size_t off, unsig
 int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf);
 int txu_lean_read(struct txu_ring *r, int fd, char *buf, unsigned len, uint64_t off,
                   uint64_t ud, unsigned sf);
+int txu_openat2_now(int dfd, const char *path, uint64_t flags, uint64_t resolve);
 int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n);
 #define TXU_BUNDLE_CONTIGUOUS ...
 #define TXU_RECVSEND_BUNDLE ...
