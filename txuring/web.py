@@ -64,10 +64,18 @@ from txuring.opcode import (
 #: Bytes per read op while streaming a body.
 CHUNK = 64 * 1024
 
+#: The smallest body spliced file -> pipe -> socket (see L{txuring.websplice}): below,
+#: a pipe made and closed, and a trip through a kernel worker, cost more than copying.
+SPLICE_MIN = 256 * 1024
+
 #: preadv2's RWF_NOWAIT (4.14): fail with EAGAIN rather than wait for the disk.
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 8)
 #: The flags of a file's open.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+#: openat2(2) made at once: (dir_fd, path bytes, flags, resolve) -> fd or -errno.
+_open_now = lib.txu_openat2_now
+#: preadv2(2) (a name of this module's, so that tests can make it fail with EAGAIN).
+_preadv = os.preadv
 
 #: Filesystems whose getattr of an open file reads only the in-memory inode: on
 #: these, fstat(2) of an fd just opened cannot wait for a disk or a server. (NFS,
@@ -218,6 +226,9 @@ class Directory(resource.Resource):
     @ivar nowait: whether a file under a local root is first opened and read by
         system calls that the kernel fails rather than let wait for a disk
         (L{_serve_now}); False: every open and read is an op.
+    @ivar splice: whether bodies of at least C{splice_min} bytes go file -> pipe ->
+        socket where that is possible (L{txuring.websplice}: UringReactor, no TLS).
+    @ivar splice_min: the smallest body spliced.
     """
 
     isLeaf = True
@@ -229,7 +240,8 @@ class Directory(resource.Resource):
 
     def __init__(self, path, defaultType="text/html", *, listing=False,
                  allow_symlink_escape=False, index_names=None, filesystem=None,
-                 chunk_size=CHUNK, root_check_interval=1.0, nowait=True):
+                 chunk_size=CHUNK, root_check_interval=1.0, nowait=True, splice=True,
+                 splice_min=SPLICE_MIN):
         resource.Resource.__init__(self)
         self.path = os.path.abspath(os.fsdecode(txfs._path(path)))
         self.defaultType = defaultType
@@ -246,6 +258,10 @@ class Directory(resource.Resource):
             raise ValueError("root_check_interval must be a finite number of seconds >= 0")
         self.root_check_interval = root_check_interval
         self.nowait = bool(nowait)
+        self.splice = bool(splice)
+        if not isinstance(splice_min, int) or splice_min < 0:
+            raise ValueError("splice_min must be an int >= 0")
+        self.splice_min = splice_min
         self._filesystem = filesystem
         self._root = None  # the _Root of self.path, opened at the first request
 
@@ -639,8 +655,22 @@ class Directory(resource.Resource):
             request.write(bytes(buf))
             request.finish()
             return fd
-        FileProducer(ops, fd, request, parts, self.chunk_size, nowait).start()
+        self._stream(ops, fd, request, parts, nowait)
         return None
+
+    def _stream(self, ops, fd, request, parts, nowait):
+        """
+        Stream the body's C{parts} of C{fd} (which this takes over): spliced into the
+        socket where L{txuring.websplice} can (C{splice}, and at least C{splice_min}
+        bytes of the file), else by a L{FileProducer}.
+        """
+        if self.splice and sum(size for _, _, size in parts) >= self.splice_min:
+            from txuring import websplice
+
+            return websplice.start_body(ops, fd, request, parts, self.chunk_size, nowait)
+        producer = FileProducer(ops, fd, request, parts, self.chunk_size, nowait=nowait)
+        producer.start()
+        return producer
 
     # ---- the fast path: what the kernel can do at once, done here ----
 
@@ -673,7 +703,7 @@ class Directory(resource.Resource):
         names = self._names(segments)
         if not names:
             return False
-        fd = lib.txu_openat2_now(root.fd, "/".join(names).encode(), _OPEN_FLAGS,
+        fd = _open_now(root.fd, "/".join(names).encode(), _OPEN_FLAGS,
                                  self._resolve_flags() | RESOLVE_NO_XDEV | RESOLVE_CACHED)
         if fd < 0:
             if -fd in (errno.ENOENT, errno.ENOTDIR):
@@ -694,14 +724,13 @@ class Directory(resource.Resource):
                 os.close(fd)
                 return True
             if len(parts) != 1 or parts[0][2] > self.chunk_size:
-                fd, producer = -1, FileProducer(self._fs().ops(), fd, request, parts,
-                                                self.chunk_size, nowait=True)
-                producer.start()
+                fd, body = -1, fd
+                self._stream(self._fs().ops(), body, request, parts, True)
                 return True
             _, offset, size = parts[0]
             buf = bytearray(size)
             try:
-                n = os.preadv(fd, [buf], offset, _RWF_NOWAIT)
+                n = _preadv(fd, [buf], offset, _RWF_NOWAIT)
             except OSError:
                 n = 0  # (EAGAIN, or no RWF_NOWAIT here: the general read decides)
             if n == size:
@@ -745,7 +774,7 @@ def _open_now_works(dir_fd):
     fd is always in the dentry cache, so anything but an fd means the kernel or a
     seccomp profile refuses it (ENOSYS before 5.6, EINVAL before 5.12, EPERM...).
     """
-    fd = lib.txu_openat2_now(dir_fd, b".", os.O_PATH | os.O_DIRECTORY,
+    fd = _open_now(dir_fd, b".", os.O_PATH | os.O_DIRECTORY,
                              RESOLVE_BENEATH | RESOLVE_CACHED)
     if fd < 0:
         log.msg("txuring.web: openat2(RESOLVE_CACHED) fails here (%s); every open is "
@@ -866,7 +895,7 @@ class FileProducer:
             self._pumping = False
 
     def _step(self):
-        """Begin the next part, or write the next chunk, or start its read op."""
+        """Begin the next part, or move the next chunk."""
         if self._offset >= self._end:
             if self._part == len(self._parts):
                 return self._finish()
@@ -876,10 +905,14 @@ class FileProducer:
             if prefix:
                 self._request.write(prefix)
             return
+        self._chunk()
+
+    def _chunk(self):
+        """Write the next chunk of the current part, or start its read op."""
         view = self._buf[:min(self._chunk_size, self._end - self._offset)]
         if self._nowait:
             try:
-                return self._got(os.preadv(self._fd, [view], self._offset, _RWF_NOWAIT))
+                return self._got(_preadv(self._fd, [view], self._offset, _RWF_NOWAIT))
             except BlockingIOError:
                 pass  # not all in the page cache: a read op
             except OSError as e:
