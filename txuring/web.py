@@ -688,15 +688,20 @@ class Directory(resource.Resource):
         minus the submission, the completion and a trip through the reactor each:
         the reactor still never waits for a disk. It is made for a plain file URL
         under a root on a local filesystem (the open kept there by RESOLVE_NO_XDEV,
-        so that the fstat reads only the in-memory inode) whose path was checked
-        within C{root_check_interval}; what the kernel cannot do at once (a name not
+        so that the fstat reads only the in-memory inode; its path checked every
+        C{root_check_interval} seconds by L{_check_root}); what the kernel cannot do
+        at once (a name not
         in the dentry cache, pages not in the page cache), a directory, an error
         other than a plain 404, goes the general way.
         """
         root = self._root
-        if root is None or not root.now or \
-                time.monotonic() - root.checked >= self.root_check_interval:
+        if root is None or not root.now:
             return False
+        if time.monotonic() - root.checked >= self.root_check_interval:
+            if not self.root_check_interval:
+                return False  # (a check beside every open: the general path)
+            if not root.checking:
+                self._check_root(root)
         segments = request.postpath
         if not segments or segments[-1] == b"":
             return False  # a directory
@@ -745,6 +750,38 @@ class Directory(resource.Resource):
             if fd >= 0:
                 os.close(fd)
             raise
+
+    def _check_root(self, root):
+        """
+        Stat the root's path (an op), and retire C{root} if the path names another
+        directory now, or nothing, or cannot be stat'ed; else it is checked. While
+        the check is under way, requests on the fast path go on under C{root}: the
+        tree a deploy swapped in is served at most C{root_check_interval} seconds
+        plus one stat later (the general path waits for its own check instead, each
+        request a stat of its own).
+        """
+        root.checking = True
+        started = time.monotonic()
+
+        def checked(st):
+            root.checking = False
+            if (st.st_dev, st.st_ino) == root.key:
+                root.checked = started
+            else:
+                self._retire(root)
+
+        def failed(failure):
+            root.checking = False
+            if not failure.check(OSError) or failure.value.errno not in _NOT_FOUND:
+                log.err(failure, "txuring.web: checking the root %r" % (self.path,))
+            self._retire(root)
+
+        try:
+            d = self._fs().ops().stat(self.path)
+        except BaseException:
+            root.checking = False
+            raise
+        d.addCallbacks(checked, failed)
 
     async def _rest(self, request, fd, buf, offset, got):
         """The small body of L{_serve_now} whose first C{got} bytes are in C{buf}."""
@@ -796,6 +833,8 @@ class _Root:
     @ivar checked: C{time.monotonic()} of the last time the root's path was found
         to name this directory.
     @ivar local: whether it is on one of the L{LOCAL_FILESYSTEMS}.
+    @ivar checking: a stat of the root's path, by L{Directory._check_root}, is
+        under way.
     @ivar now: whether files under it may be opened and read by L{Directory._serve_now}:
         it is local, and openat2 with RESOLVE_CACHED works here (5.12; and no seccomp
         profile refuses openat2).
@@ -807,6 +846,7 @@ class _Root:
         self.checked = time.monotonic()
         self.local = filesystem_type(st.st_dev) in LOCAL_FILESYSTEMS
         self.now = self.local and _open_now_works(fd)
+        self.checking = False
         self._users = 0
         self._retired = False
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.web import server, static
 
 from fs_suite.conftest import open_fds, wait_until
@@ -527,3 +527,40 @@ async def test_without_openat2_resolve_cached_every_request_takes_the_general_pa
             _same(theirs, got)
     assert ours._root.now is False
     assert refused == ([b"."] if ours._root.local else [])
+
+
+@ensure
+async def test_a_root_swapped_by_a_deploy_is_served_from_the_new_tree(site, tmp_path):
+    """
+    The root's path renamed away and another directory renamed in its place: with
+    C{root_check_interval=0} the next request sees the new tree; with an interval,
+    a later one does (the fast path checks in the background, then reopens).
+    """
+    for interval in (0, 0.05):
+        live = tmp_path / ("live%s" % (interval,))
+        live.mkdir()
+        (live / "v.txt").write_bytes(b"old")
+        res = web.Directory(str(live), root_check_interval=interval,
+                            **MODES[site["mode"]])
+        port = reactor().listenTCP(0, server.Site(res), interface="127.0.0.1")
+        try:
+            for _ in range(3):
+                assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"old"
+            new = tmp_path / ("new%s" % (interval,))
+            new.mkdir()
+            (new / "v.txt").write_bytes(b"new")
+            live.rename(tmp_path / ("old%s" % (interval,)))
+            new.rename(live)
+            if interval == 0:
+                assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"new"
+            else:
+                seen = []
+                while not seen or seen[-1] != b"new":
+                    assert len(seen) < 1000, "the new tree never served"
+                    seen.append((await raw(port.getHost().port, b"/v.txt"))[2])
+                    await task.deferLater(reactor(), 0.01, lambda: None)
+                assert set(seen) <= {b"old", b"new"}
+            assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"new"
+        finally:
+            await port.stopListening()
+            res.close()
