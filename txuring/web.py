@@ -4,8 +4,17 @@ C{twisted.web.static.File} does, without ever blocking the reactor on the disk.
 
 Why: C{static.File} stats, opens and reads every chunk of every response with blocking
 calls in the reactor thread, so one slow disk (or a cold page cache) stalls every
-connection of the process. Here the open, the fstat and every chunk read are ring ops
-(or thread-pool calls where io_uring is unusable; see L{txuring.fs}).
+connection of the process. Here nothing waits for a disk in the reactor's thread:
+  - what the kernel can do at once is done at once (L{Directory._serve_now}): an
+    open of a path in the dentry cache (openat2 RESOLVE_CACHED), a read of pages in
+    the page cache (preadv2 RWF_NOWAIT) -- the attempt io_uring makes inline before it
+    punts an op to a kernel worker, without the op's trip through the reactor (a
+    small file's request costs no op, Deferred or coroutine);
+  - the rest is ring ops (or thread-pool calls where io_uring is unusable; see
+    L{txuring.fs}): the open, the fstat and the chunk reads the kernel would have
+    had to wait for;
+  - big bodies on UringReactor's TCP transports are spliced file -> pipe -> socket
+    (L{txuring.websplice}), never copied through the process.
 
 What matches static.File (tested side by side in tests/fs_suite/test_web.py): content
 types and encodings (its tables and C{getTypeAndEncoding}), C{Accept-Ranges}, single
@@ -37,8 +46,10 @@ What differs, on purpose:
 
 Streaming: L{FileProducer} is a push producer: one chunk read at a time, written, the
 next read started unless the transport paused it (bounded memory whatever the file's
-size). When the client goes away mid-response, the read in flight is cancelled and
-the fd closed.
+size); resumed, it goes on from the reactor's next turn, so that a few big downloads
+never take a whole loop pass (a tiny request made meanwhile waited milliseconds).
+When the client goes away mid-response, the read in flight is cancelled and the fd
+closed.
 """
 
 import errno
@@ -674,7 +685,7 @@ class Directory(resource.Resource):
 
     # ---- the fast path: what the kernel can do at once, done here ----
 
-    def _serve_now(self, request):
+    def _serve_now(self, request, checked=False):
         """
         Serve C{request} without an op where the kernel can do it all at once:
         True if served (or handed to a L{FileProducer}), False to take the general
@@ -688,20 +699,28 @@ class Directory(resource.Resource):
         minus the submission, the completion and a trip through the reactor each:
         the reactor still never waits for a disk. It is made for a plain file URL
         under a root on a local filesystem (the open kept there by RESOLVE_NO_XDEV,
-        so that the fstat reads only the in-memory inode; its path checked every
-        C{root_check_interval} seconds by L{_check_root}); what the kernel cannot do
-        at once (a name not
+        so that the fstat reads only the in-memory inode; once C{root_check_interval}
+        seconds have passed, the request waits for one check of the root's path,
+        L{_check_root}, with the others that come meanwhile); what the kernel cannot
+        do at once (a name not
         in the dentry cache, pages not in the page cache), a directory, an error
         other than a plain 404, goes the general way.
         """
         root = self._root
         if root is None or not root.now:
             return False
-        if time.monotonic() - root.checked >= self.root_check_interval:
+        if not checked and time.monotonic() - root.checked >= self.root_check_interval:
             if not self.root_check_interval:
                 return False  # (a check beside every open: the general path)
-            if not root.checking:
+            # Served once the root's path is found to name this root still (else by
+            # the general path, which opens the new one).
+            waiter = Deferred()
+            root.waiters.append(waiter)
+            if len(root.waiters) == 1:
                 self._check_root(root)
+            waiter.addCallback(self._after_check, request)
+            self._watch(request, waiter)
+            return True
         segments = request.postpath
         if not segments or segments[-1] == b"":
             return False  # a directory
@@ -753,35 +772,43 @@ class Directory(resource.Resource):
 
     def _check_root(self, root):
         """
-        Stat the root's path (an op), and retire C{root} if the path names another
-        directory now, or nothing, or cannot be stat'ed; else it is checked. While
-        the check is under way, requests on the fast path go on under C{root}: the
-        tree a deploy swapped in is served at most C{root_check_interval} seconds
-        plus one stat later (the general path waits for its own check instead, each
-        request a stat of its own).
+        Stat the root's path (an op); retire C{root} if the path names another
+        directory now, or nothing, or cannot be stat'ed, else mark it checked; then
+        fire C{root.waiters}, the requests that came meanwhile: one stat for all of
+        them, where the general path makes one beside each request's open.
         """
-        root.checking = True
         started = time.monotonic()
 
         def checked(st):
-            root.checking = False
             if (st.st_dev, st.st_ino) == root.key:
                 root.checked = started
             else:
                 self._retire(root)
 
         def failed(failure):
-            root.checking = False
             if not failure.check(OSError) or failure.value.errno not in _NOT_FOUND:
                 log.err(failure, "txuring.web: checking the root %r" % (self.path,))
             self._retire(root)
 
+        def wake(_):
+            waiters, root.waiters = root.waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
         try:
             d = self._fs().ops().stat(self.path)
         except BaseException:
-            root.checking = False
+            wake(None)  # (they take the general path, which raises the same)
             raise
-        d.addCallbacks(checked, failed)
+        d.addCallbacks(checked, failed).addBoth(wake)
+
+    def _after_check(self, _, request):
+        """Serve C{request}, which waited for a check of the root."""
+        if request.finished or request._disconnected:
+            return None
+        if self._serve_now(request, checked=True):
+            return None
+        return Deferred.fromCoroutine(self._serve(request, list(request.postpath)))
 
     async def _rest(self, request, fd, buf, offset, got):
         """The small body of L{_serve_now} whose first C{got} bytes are in C{buf}."""
@@ -833,8 +860,8 @@ class _Root:
     @ivar checked: C{time.monotonic()} of the last time the root's path was found
         to name this directory.
     @ivar local: whether it is on one of the L{LOCAL_FILESYSTEMS}.
-    @ivar checking: a stat of the root's path, by L{Directory._check_root}, is
-        under way.
+    @ivar waiters: Deferreds of the requests waiting for the check of the root's
+        path under way (L{Directory._check_root}); empty when none is.
     @ivar now: whether files under it may be opened and read by L{Directory._serve_now}:
         it is local, and openat2 with RESOLVE_CACHED works here (5.12; and no seccomp
         profile refuses openat2).
@@ -846,7 +873,7 @@ class _Root:
         self.checked = time.monotonic()
         self.local = filesystem_type(st.st_dev) in LOCAL_FILESYSTEMS
         self.now = self.local and _open_now_works(fd)
-        self.checking = False
+        self.waiters = []
         self._users = 0
         self._retired = False
 

@@ -564,3 +564,31 @@ async def test_a_root_swapped_by_a_deploy_is_served_from_the_new_tree(site, tmp_
         finally:
             await port.stopListening()
             res.close()
+
+
+@ensure
+async def test_requests_during_a_root_check_wait_for_that_one_check(site, monkeypatch):
+    """
+    Once root_check_interval has passed, the fast path's requests wait for one stat
+    of the root's path (the general path makes one beside each open); all answered.
+    """
+    ours = site["resource"]
+    await raw(site["ours"], b"/a.txt")
+    ops = ours._fs().ops()
+    stats = []
+    real = ops.stat
+
+    def counting(path, *a, **kw):
+        if path == ours.path:
+            stats.append(path)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(ops, "stat", counting)
+    ours._root.checked -= ours.root_check_interval  # the check is due
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(raw(site["ours"], b"/a.txt")) for _ in range(10)])
+    assert [a[2] for a in answers] == [b"hello text\n"] * 10
+    if site["mode"] == "fast" and ours._root.now:
+        assert len(stats) == 1 and ours._root.waiters == []
+    else:
+        assert len(stats) >= 1
