@@ -22,10 +22,11 @@ How:
   - The transport knows nothing of it, so the bytes must not overtake, nor be
     overtaken by, what it sends: the headers (and a multipart prefix) are written
     through the transport, and a chunk is spliced only once the transport has sent
-    everything (no send in flight, nothing buffered; looked at every loop pass until
-    then). Nothing else writes to the connection meanwhile: twisted.web writes the
-    response of a pipelined request only once this one has finished, and the body
-    has a Content-Length (no chunked framing to add).
+    everything (no send in flight, nothing buffered; looked at on the next loop pass,
+    then less and less often, down to every 50 ms for a client that reads nothing).
+    Nothing else writes to the connection meanwhile: twisted.web writes the response
+    of a pipelined request only once this one has finished, and the body has a
+    Content-Length (no chunked framing to add).
   - Only where it is sound: a completion transport of UringReactor (its socket is
     the response's connection), no TLS (the bytes must be encrypted: the copy path),
     a Content-Length response. Elsewhere L{txuring.web.FileProducer} copies.
@@ -90,6 +91,7 @@ class SpliceProducer(FileProducer):
     @ivar _pipe: C{(read end, write end)} of its pipe, None once closed.
     @ivar _pipe_size: bytes per splice op (the pipe's size).
     @ivar _in_pipe: bytes spliced into the pipe and not yet into the socket.
+    @ivar spliced: bytes spliced into the socket so far (for monitoring and tests).
     """
 
     def __init__(self, ops, fd, request, parts, transport, pipe, pipe_size, **kw):
@@ -98,7 +100,8 @@ class SpliceProducer(FileProducer):
         self._pipe = pipe
         self._pipe_size = pipe_size
         self._in_pipe = 0
-        self.spliced = 0  # bytes spliced into the socket (for tests and monitoring)
+        self._looks = 0  # looks in a row at a transport that had not sent all yet
+        self.spliced = 0
 
     def start(self):
         self.done = Deferred()
@@ -119,14 +122,20 @@ class SpliceProducer(FileProducer):
             raise ConnectionError("the connection began to close during the response")
         if transport._sendUd or len(transport.dataBuffer) > transport.offset \
                 or transport._tempDataLen:
-            return self._wait(self._nextTurn())
+            # Usually sent by the next pass; for a client that reads nothing, the
+            # looks back off to every 50 ms (else the reactor spins on timeout 0).
+            delay = min(0.05, 0.001 * (1 << self._looks)) if self._looks else 0
+            self._looks = min(self._looks + 1, 6)
+            return self._wait(self._after(delay))
+        self._looks = 0
         want = min(self._pipe_size, self._end - self._offset)
         self._wait(self._ops.splice(self._fd, self._pipe[1], want, self._offset, -1),
                    self._filled)
 
-    def _nextTurn(self):
+    def _after(self, delay):
+        """A Deferred that fires C{delay} seconds from now (0: the next turn)."""
         d = Deferred(lambda _: call.cancel())
-        call = self._reactor.callLater(0, d.callback, None)
+        call = self._reactor.callLater(delay, d.callback, None)
         return d
 
     def _wait(self, d, then=None):

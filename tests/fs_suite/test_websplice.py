@@ -214,3 +214,41 @@ async def test_no_pipe_means_copying(spliced, monkeypatch):
     status, hdrs, body = await raw(spliced["ours"], b"/big.bin")
     assert status == 200 and body == spliced["big"]
     assert _kinds(spliced["producers"]) == {"FileProducer"}
+
+
+@ensure
+async def test_headers_not_yet_sent_are_waited_for_less_and_less_often(spliced):
+    """
+    A chunk is spliced only once the transport has sent all it holds (the headers
+    here). Held back (the transport made to look as if a send of its were in flight,
+    as for a client that reads nothing), the producer looks less and less often;
+    once the transport sends, the body follows the headers, whole.
+    """
+    if not on_uring():
+        pytest.skip("splicing is UringReactor's")
+    held = {}
+    real_init = websplice.SpliceProducer.__init__
+
+    def holding(self, ops, fd, request, parts, transport, *a, **kw):
+        real_init(self, ops, fd, request, parts, transport, *a, **kw)
+        if not transport._sendUd:
+            transport._sendUd = held["ud"] = -1  # (no op has this user_data)
+            held["transport"] = transport
+
+    websplice.SpliceProducer.__init__ = holding
+    try:
+        proto = await connect(spliced["ours"], _Collect(
+            b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        await wait_until(reactor(), lambda: spliced["producers"] and
+                         spliced["producers"][-1]._looks == 6, timeout=10)
+    finally:
+        websplice.SpliceProducer.__init__ = real_init
+    p = spliced["producers"][-1]
+    assert p.spliced == 0 and held
+    transport = held["transport"]
+    transport._sendUd = 0
+    transport._queuePass()
+    data = await proto.done
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == spliced["big"]
+    assert p._looks == 0
