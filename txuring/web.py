@@ -734,6 +734,9 @@ class Directory(resource.Resource):
                 self._error(request, self.childNotFound)
                 return True
             return False  # (EAGAIN: not cached; EXDEV: another mount, or outside...)
+        # Its close is close(2) here, as an op would do nothing else: a file's last
+        # reference, dropped by close(2) or by an inline IORING_OP_CLOSE, is released
+        # (fput's task work) in the dropping thread either way, this one.
         try:
             st = os.fstat(fd)
             if not _stat.S_ISREG(st.st_mode):
