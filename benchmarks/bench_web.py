@@ -8,6 +8,7 @@ within each round (--rounds), so that the shared machine's noise falls on all of
 
     .venv/bin/python benchmarks/bench_web.py            # ~3 minutes
     .venv/bin/python benchmarks/bench_web.py --quick
+    .venv/bin/python benchmarks/bench_web.py --variants   # + splice off, + all ops
 
 Workloads:
   small files   --small files of 1-4 KiB, 50 keep-alive connections: req/s and the
@@ -42,9 +43,11 @@ if reactor_name == "uring":
     from txuring import reactor as r; r.install()
 else:
     from twisted.internet import epollreactor; epollreactor.install()
-if kind == "txuring":
+if kind.startswith("txuring"):
     from txuring.web import Directory
-    res = Directory(root)
+    options = {"txuring": {}, "txuring-copy": {"splice": False},
+               "txuring-ops": {"nowait": False, "splice": False}}[kind]
+    res = Directory(root, **options)
 else:
     from twisted.web.static import File
     res = File(root)
@@ -64,6 +67,12 @@ SERVERS = [
     ("static", "epoll", "static.File on epoll"),
 ]
 BASELINE = "static.File on epoll"
+#: With --variants: txuring.web on uring without splicing (bodies copied), and with
+#: every open and read an op (no fast path, no splicing).
+VARIANTS = [
+    ("txuring-copy", "uring", "txuring.web, no splice"),
+    ("txuring-ops", "uring", "txuring.web, all ops"),
+]
 
 
 def cpu_seconds(pid):
@@ -120,6 +129,9 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", help="comma-separated labels' first words, e.g. txuring,static")
     p.add_argument("--json", help="write the per-round results here")
+    p.add_argument("--variants", action="store_true",
+                   help="also txuring.web on uring with splice=False, and with "
+                        "nowait=False, splice=False")
     args = p.parse_args()
     if args.quick:
         args.small, args.big_mib, args.seconds, args.rounds = 200, 32, 2, 1
@@ -137,10 +149,10 @@ def main():
     with open(os.path.join(root, "big.bin"), "wb") as f:
         for _ in range(args.big_mib):
             f.write(os.urandom(1 << 20))
-    servers = SERVERS
+    servers = SERVERS + (VARIANTS if args.variants else [])
     if args.only:
         wanted = args.only.split(",")
-        servers = [s for s in SERVERS if s[0] in wanted or s[1] in wanted]
+        servers = [s for s in servers if s[0] in wanted or s[1] in wanted]
     results = {label: [] for _, _, label in servers}
     try:
         for _ in range(args.rounds):

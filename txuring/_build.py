@@ -190,6 +190,7 @@ int txu_lean_open(struct txu_ring *r, int dfd, const char *path, int flags, unsi
 int txu_lean_read_close(struct txu_ring *r, int fd, char *buf, unsigned len,
                         uint64_t close_ud, uint64_t ud, unsigned sf);
 int txu_fstat_cached(int fd, uint64_t *size);
+int txu_openat2_now(int dfd, const char *path, uint64_t flags, uint64_t resolve);
 int txu_bufring_recycle_many(struct txu_bufring *b, const uint16_t *bids, unsigned n);
 #define TXU_BUNDLE_CONTIGUOUS ...
 #define TXU_RECVSEND_BUNDLE ...

@@ -10,7 +10,7 @@ import re
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.web import server, static
 
 from fs_suite.conftest import open_fds, wait_until
@@ -69,8 +69,14 @@ async def raw(port, path, method=b"GET", headers=()):
     return status, hdrs, body
 
 
-@pytest.fixture
-def site(tmp_path):
+#: Directory's modes the tests run in: "fast", its defaults (a file the kernel can
+#: serve at once served without an op, big bodies spliced on UringReactor); "ops",
+#: every open and read an op, every body copied.
+MODES = {"fast": {}, "ops": {"nowait": False, "splice": False}}
+
+
+@pytest.fixture(params=sorted(MODES))
+def site(tmp_path, request):
     """Two servers of the same tree: static.File and txuring.web.Directory."""
     root = tmp_path / "root"
     root.mkdir()
@@ -97,12 +103,12 @@ def site(tmp_path):
     os.mkfifo(root / "fifo")
     (root / "sneaky").mkdir()
     (root / "sneaky" / "index.html").symlink_to("../../outside")
-    ours = web.Directory(str(root))
+    ours = web.Directory(str(root), **MODES[request.param])
     ports = []
     for res in (static.File(str(root)), ours):
         ports.append(reactor().listenTCP(0, server.Site(res), interface="127.0.0.1"))
     yield {"static": ports[0].getHost().port, "ours": ports[1].getHost().port,
-           "root": root, "big": big, "resource": ours}
+           "root": root, "big": big, "resource": ours, "mode": request.param}
     for p in ports:
         pytest_twisted.blockon(defer.maybeDeferred(p.stopListening))
     ours.close()
@@ -238,6 +244,7 @@ async def test_client_leaving_mid_response_closes_the_fd(site, monkeypatch):
             producers.append(self)
 
     monkeypatch.setattr(web, "FileProducer", Recording)
+    site["resource"].splice = False  # (FileProducer's; txuring.websplice's: test_websplice)
     big = site["root"] / "huge.bin"
     with open(big, "wb") as f:
         f.truncate(256 * 1024 * 1024)  # sparse: cheap to make and to read
@@ -273,6 +280,7 @@ async def test_a_client_that_does_not_read_pauses_the_producer(site, monkeypatch
             producers.append(self)
 
     monkeypatch.setattr(web, "FileProducer", Recording)
+    site["resource"].splice = False  # (FileProducer's; txuring.websplice's: test_websplice)
     big = site["root"] / "huge.bin"
     with open(big, "wb") as f:
         f.truncate(256 * 1024 * 1024)
@@ -393,6 +401,7 @@ async def test_a_file_shrinking_under_a_paused_response_closes_the_connection(si
             producers.append(self)
 
     monkeypatch.setattr(web, "FileProducer", Recording)
+    site["resource"].splice = False  # (FileProducer's; txuring.websplice's: test_websplice)
     site["resource"].chunk_size = 100 * 1024  # each chunk fills the transport past 64 KiB
     path = site["root"] / "huge.bin"
     with open(path, "wb") as f:
@@ -414,3 +423,172 @@ async def test_a_file_shrinking_under_a_paused_response_closes_the_connection(si
     assert b"content-length: %d" % (64 * 1024 * 1024,) in head.lower()
     assert len(body) == producers[0].bytes_read  # what was read, then the close
     await wait_until(reactor(), lambda: producers[0]._fd is None)
+
+
+@ensure
+async def test_the_fast_path_serves_files_without_the_general_path(site, monkeypatch):
+    """
+    Once the root is open and checked, a file URL under a local root is served by
+    L{web.Directory._serve_now} (no coroutine, no op) in the "fast" mode; the answers
+    are static.File's either way.
+    """
+    ours = site["resource"]
+    await raw(site["ours"], b"/a.txt")  # the root opened, and checked just now
+    if not ours._root.now:
+        pytest.skip("openat2(RESOLVE_CACHED) unusable here, or the root is not local")
+    general = []
+    real = web.Directory._serve
+
+    def counting(self, request, segments):
+        general.append(segments)
+        return real(self, request, segments)
+
+    monkeypatch.setattr(web.Directory, "_serve", counting)
+    paths = (b"/a.txt", b"/big.bin", b"/edge.bin", b"/edge1.bin", b"/empty.txt",
+             b"/sub/x.css", b"/missing", b"/fifo")
+    for path in paths:
+        ours_ = await raw(site["ours"], path)
+        if path == b"/fifo":
+            assert ours_[0] == 404  # (static.File would open it and wait for a writer)
+        else:
+            _same(await raw(site["static"], path), ours_)
+    # (a name never looked up has no negative dentry yet: EAGAIN, the general path)
+    general = [g for g in general if g != [b"missing"]]
+    if site["mode"] == "fast":
+        assert general == []
+    else:
+        assert len(general) == len(paths) - 1
+    # A directory, and a URL with a trailing slash, take the general path.
+    del general[:]
+    await raw(site["ours"], b"/sub/")
+    await raw(site["ours"], b"/sub")
+    await raw(site["ours"], b"/a.txt/")
+    assert len(general) == 3
+
+
+@ensure
+async def test_the_fast_path_hands_over_what_would_wait(site, monkeypatch):
+    """
+    Where the kernel says the open would need a lookup (EAGAIN from RESOLVE_CACHED)
+    or a read would need the disk (EAGAIN from RWF_NOWAIT, or a short read), the ops
+    take over, with the same answers.
+    """
+    await raw(site["ours"], b"/a.txt")
+    calls = {"open": 0, "read": 0}
+    real_read = web._preadv
+
+    def open_would_wait(dir_fd, path, flags, resolve):
+        calls["open"] += 1
+        return -errno.EAGAIN
+
+    def read_would_wait(fd, buffers, offset, flags):
+        calls["read"] += 1
+        if calls["read"] % 2:
+            raise BlockingIOError(errno.EAGAIN, "would block")
+        n = real_read(fd, [memoryview(buffers[0])[:5]], offset, flags)  # a short read
+        return n
+
+    paths = (b"/a.txt", b"/big.bin", b"/edge1.bin", b"/blob.unknownext")
+    for hook in ("open", "read"):
+        if hook == "open":
+            monkeypatch.setattr(web, "_open_now", open_would_wait)
+        else:
+            monkeypatch.undo()
+            monkeypatch.setattr(web, "_preadv", read_would_wait)
+        for path in paths:
+            _same(await raw(site["static"], path), await raw(site["ours"], path))
+        for rng in (b"bytes=1000-70000", b"bytes=0-0,5-9,-3"):
+            h = [(b"Range", rng)]
+            _same(_unboundary(await raw(site["static"], b"/big.bin", headers=h)),
+                  _unboundary(await raw(site["ours"], b"/big.bin", headers=h)))
+    if site["mode"] == "fast" and site["resource"]._root.now:
+        assert calls["open"] and calls["read"]
+
+
+@ensure
+async def test_without_openat2_resolve_cached_every_request_takes_the_general_path(
+        site, monkeypatch):
+    """A kernel (before 5.12) or a seccomp profile refusing RESOLVE_CACHED."""
+    refused = []
+
+    def refusing(dir_fd, path, flags, resolve):
+        refused.append(path)
+        return -errno.EINVAL
+
+    monkeypatch.setattr(web, "_open_now", refusing)
+    ours = site["resource"]
+    ours.close()
+    for path in (b"/a.txt", b"/big.bin", b"/missing"):
+        theirs = await raw(site["static"], path)
+        got = await raw(site["ours"], path)
+        if theirs[0] == 404:
+            assert got[0] == 404
+        else:
+            _same(theirs, got)
+    assert ours._root.now is False
+    assert refused == ([b"."] if ours._root.local else [])
+
+
+@ensure
+async def test_a_root_swapped_by_a_deploy_is_served_from_the_new_tree(site, tmp_path):
+    """
+    The root's path renamed away and another directory renamed in its place: with
+    C{root_check_interval=0} the next request sees the new tree; with an interval,
+    a later one does (the fast path checks in the background, then reopens).
+    """
+    for interval in (0, 0.05):
+        live = tmp_path / ("live%s" % (interval,))
+        live.mkdir()
+        (live / "v.txt").write_bytes(b"old")
+        res = web.Directory(str(live), root_check_interval=interval,
+                            **MODES[site["mode"]])
+        port = reactor().listenTCP(0, server.Site(res), interface="127.0.0.1")
+        try:
+            for _ in range(3):
+                assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"old"
+            new = tmp_path / ("new%s" % (interval,))
+            new.mkdir()
+            (new / "v.txt").write_bytes(b"new")
+            live.rename(tmp_path / ("old%s" % (interval,)))
+            new.rename(live)
+            if interval == 0:
+                assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"new"
+            else:
+                seen = []
+                while not seen or seen[-1] != b"new":
+                    assert len(seen) < 1000, "the new tree never served"
+                    seen.append((await raw(port.getHost().port, b"/v.txt"))[2])
+                    await task.deferLater(reactor(), 0.01, lambda: None)
+                assert set(seen) <= {b"old", b"new"}
+            assert (await raw(port.getHost().port, b"/v.txt"))[2] == b"new"
+        finally:
+            await port.stopListening()
+            res.close()
+
+
+@ensure
+async def test_requests_during_a_root_check_wait_for_that_one_check(site, monkeypatch):
+    """
+    Once root_check_interval has passed, the fast path's requests wait for one stat
+    of the root's path (the general path makes one beside each open); all answered.
+    """
+    ours = site["resource"]
+    await raw(site["ours"], b"/a.txt")
+    ops = ours._fs().ops()
+    stats = []
+    real = ops.stat
+
+    def counting(path, *a, **kw):
+        if path == ours.path:
+            stats.append(path)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(ops, "stat", counting)
+    ours._root.checked -= ours.root_check_interval  # the check is due
+    answers = await defer.gatherResults([
+        defer.ensureDeferred(raw(site["ours"], b"/a.txt")) for _ in range(10)])
+    assert [a[2] for a in answers] == [b"hello text\n"] * 10
+    if site["mode"] == "fast" and ours._root.now:
+        assert len(stats) == 1 and ours._root.waiters == []
+    else:
+        assert len(stats) >= 1

@@ -1310,6 +1310,23 @@ static int txu_fstat_cached(int fd, uint64_t *size)
     return (stx.stx_mask & STATX_TYPE) && (stx.stx_mode & S_IFMT) == S_IFREG;
 }
 
+/* openat2(2) made here, not as an op: txuring.web's attempt to open a file whose
+ * path the dentry cache already holds (the caller passes RESOLVE_CACHED, 5.12: the
+ * kernel fails with EAGAIN rather than look anything up on disk -- the same attempt
+ * io_uring makes inline before punting an open to a worker). Returns the fd (always
+ * O_CLOEXEC) or -errno. */
+static int txu_openat2_now(int dfd, const char *path, uint64_t flags, uint64_t resolve)
+{
+    struct open_how how;
+    long fd;
+
+    memset(&how, 0, sizeof how);
+    how.flags = flags | O_CLOEXEC;
+    how.resolve = resolve;
+    fd = syscall(SYS_openat2, dfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+}
+
 /* Async cancel of the op with user_data target (its own CQE goes to ud). */
 static int txu_lean_cancel(struct txu_ring *r, uint64_t target, uint64_t ud, unsigned sf)
 {
