@@ -605,9 +605,13 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         while self._passQueue and rounds < 8:
             rounds += 1
             pending, self._passQueue = self._passQueue, []
-            self._directSend = len(pending) <= self._directSendThreshold
-            for conn in pending:
-                conn._passEnd()
+            self._directSend = direct = len(pending) <= self._directSendThreshold
+            if direct:
+                for conn in pending:
+                    conn._passEnd()
+            else:
+                from txuring.tcp import _passEnds
+                _passEnds(self, pending)  # (the common case inlined: see there)
 
     # ---- the loop ----
 

@@ -1042,6 +1042,10 @@ class _CompletionConnection(_SendOp):
             except BaseException:
                 self._callbackFailed(False)
 
+    #: whether L{_passEnds} may do this class's pass end itself (its C{doWrite} is
+    #: the one above: a subclass with its own sets it False)
+    _passInline = True
+
     # ---- the end ----
 
     def connectionLost(self, reason):
@@ -1082,6 +1086,46 @@ class _CompletionConnection(_SendOp):
             self._armRecv()
         if self._writing:
             self._queuePass()
+
+
+def _passEnds(reactor, pending):
+    """
+    L{_CompletionConnection._passEnd} for each of C{pending}, the connections that
+    asked for it this pass, when their sends go through the ring (not C{send(2)}
+    directly). The common case, a connection reading as before with one buffer to
+    send and no send in flight, is done here: the send's SQE prepared in the loop,
+    without the two Python calls (C{_passEnd}, C{doWrite}) per reply that would
+    repeat the same checks (on every reply's path when many connections are busy).
+    Anything else goes to C{_passEnd}, which may run protocol code: the ring's state
+    is read again after it.
+    """
+    ring = reactor.ring
+    usable = not (ring._closed or ring._forked)
+    handles = ring._handles
+    ids = ring._ids
+    sq = ring._sq
+    r = ring._r
+    send = lib.txu_lean_send
+    for conn in pending:
+        recvOp = conn._recvOp
+        if (usable and conn._passInline and conn._writing and not conn._sendUd
+                and not conn._stash and not conn._tempDataBuffer
+                and recvOp is not None and conn._reading
+                and recvOp.large == conn._large and not conn.disconnected):
+            data = conn.dataBuffer
+            off = conn.offset
+            n = len(data) - off
+            if 0 < n <= _MAX_SEND:
+                # (doWrite's ring send, inlined)
+                conn._passQueued = False
+                ud = conn._sendUd = next(ids)
+                conn._keep = data
+                handles[ud] = conn  # (the connection is its send's record: _SendOp)
+                if sq.backlog or send(r, conn._fd, data, off, n, ud, 0) == _EBUSY:
+                    ring._lean_queue(ud, conn, send, (conn._fd, data, off, n))
+                continue
+        conn._passEnd()
+        usable = not (ring._closed or ring._forked)
 
 
 class _MadeWhenAsked:
