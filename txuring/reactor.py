@@ -64,6 +64,7 @@ from twisted.python import context, log
 from txuring._core import lib
 from txuring.errors import UringUnavailable
 from txuring.ring import CQE_F_MORE, Ring
+from txuring.tcp import _passEnds
 
 try:
     Ring(1).exit()
@@ -606,12 +607,7 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
             rounds += 1
             pending, self._passQueue = self._passQueue, []
             self._directSend = direct = len(pending) <= self._directSendThreshold
-            if direct:
-                for conn in pending:
-                    conn._passEnd()
-            else:
-                from txuring.tcp import _passEnds
-                _passEnds(self, pending)  # (the common case inlined: see there)
+            _passEnds(self, pending, direct)  # (the common case inlined: see there)
 
     # ---- the loop ----
 
