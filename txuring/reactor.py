@@ -64,6 +64,7 @@ from twisted.python import context, log
 from txuring._core import lib
 from txuring.errors import UringUnavailable
 from txuring.ring import CQE_F_MORE, Ring
+from txuring.tcp import _passEnds
 
 try:
     Ring(1).exit()
@@ -605,9 +606,8 @@ class UringReactor(posixbase.PosixReactorBase, posixbase._PollLikeMixin):
         while self._passQueue and rounds < 8:
             rounds += 1
             pending, self._passQueue = self._passQueue, []
-            self._directSend = len(pending) <= self._directSendThreshold
-            for conn in pending:
-                conn._passEnd()
+            self._directSend = direct = len(pending) <= self._directSendThreshold
+            _passEnds(self, pending, direct)  # (the common case inlined: see there)
 
     # ---- the loop ----
 

@@ -1042,6 +1042,10 @@ class _CompletionConnection(_SendOp):
             except BaseException:
                 self._callbackFailed(False)
 
+    #: whether L{_passEnds} may do this class's pass end itself (its C{doWrite} is
+    #: the one above: a subclass with its own sets it False)
+    _passInline = True
+
     # ---- the end ----
 
     def connectionLost(self, reason):
@@ -1082,6 +1086,85 @@ class _CompletionConnection(_SendOp):
             self._armRecv()
         if self._writing:
             self._queuePass()
+
+
+def _passEnds(reactor, pending, direct):
+    """
+    L{_CompletionConnection._passEnd} for each of C{pending}, the connections that
+    asked for it this pass. The common case, a connection reading as before with one
+    buffer to send and no send in flight, is done here: the data goes out with
+    C{send(2)} when C{direct} (few connections flush: see the reactor's
+    C{directSendThreshold}), else (or for what a short C{send(2)} left) as a send
+    SQE, prepared in this loop; either way without the two Python calls
+    (C{_passEnd}, C{doWrite}) per reply that would repeat the same checks. Anything
+    else goes to C{_passEnd}, which may run protocol code: the ring's state is read
+    again after it.
+    """
+    ring = reactor.ring
+    usable = not (ring._closed or ring._forked)
+    handles = ring._handles
+    ids = ring._ids
+    sq = ring._sq
+    r = ring._r
+    send = lib.txu_lean_send
+    for conn in pending:
+        recvOp = conn._recvOp
+        if (usable and conn._passInline and conn._writing and not conn._sendUd
+                and not conn._stash and not conn._tempDataBuffer
+                and recvOp is not None and conn._reading
+                and recvOp.large == conn._large and not conn.disconnected):
+            data = conn.dataBuffer
+            off = conn.offset
+            n = len(data) - off
+            if 0 < n <= _MAX_SEND:
+                conn._passQueued = False
+                if direct:
+                    # (doWrite's send(2), inlined)
+                    try:
+                        sent = conn.socket.send(memoryview(data)[off:] if off else data)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        try:
+                            conn._lostInContext(_CONNECTION_LOST, False)
+                        except BaseException:
+                            conn._callbackFailed(False)
+                        usable = not (ring._closed or ring._forked)
+                        continue
+                    if sent == n:
+                        if (conn.producer is None and not conn.disconnecting
+                                and not conn._writeDisconnecting):
+                            # (_writeDrained and stopWriting, inlined)
+                            conn.dataBuffer = b""
+                            conn.offset = 0
+                            conn._writing = False
+                            fd = conn._fd
+                            reactor._writes.discard(fd)
+                            if fd not in reactor._reads:
+                                selectables = reactor._selectables
+                                if selectables.get(fd) is conn:
+                                    del selectables[fd]
+                            continue
+                        conn.offset = off + sent
+                        try:
+                            why = conn._writeDrained()
+                            if why:
+                                conn._lostInContext(why, False)
+                        except BaseException:
+                            conn._callbackFailed(False)
+                        usable = not (ring._closed or ring._forked)
+                        continue
+                    off = conn.offset = off + sent
+                    n -= sent
+                # (doWrite's ring send, inlined)
+                ud = conn._sendUd = next(ids)
+                conn._keep = data
+                handles[ud] = conn  # (the connection is its send's record: _SendOp)
+                if sq.backlog or send(r, conn._fd, data, off, n, ud, 0) == _EBUSY:
+                    ring._lean_queue(ud, conn, send, (conn._fd, data, off, n))
+                continue
+        conn._passEnd()
+        usable = not (ring._closed or ring._forked)
 
 
 class _MadeWhenAsked:

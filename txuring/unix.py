@@ -142,6 +142,8 @@ class _UNIXCompletionConnection(_tcp._CompletionConnection):
             self.reactor.ring._cancel_quietly(h)
         _tcp._CompletionConnection.connectionLost(self, reason)
 
+    _passInline = False  # (its own doWrite, below: see tcp._passEnds)
+
     def doWrite(self):
         if not self._sendmsgQueue:
             return _tcp._CompletionConnection.doWrite(self)
