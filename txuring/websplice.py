@@ -46,6 +46,7 @@ import select
 from twisted.internet.defer import Deferred
 from twisted.python import log
 from twisted.python.failure import Failure
+from twisted.web import http, server
 
 from txuring.tcp import _CompletionConnection
 from txuring.web import FileProducer
@@ -59,6 +60,9 @@ PIPE_SIZE = 256 * 1024
 _SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: The writes of requests whose bytes go to the transport untransformed (but for the
+#: chunked framing, which L{start_body} checks).
+_PLAIN_WRITES = (server.Request.write, http.Request.write)
 
 
 def splice_transport(request, ops):
@@ -77,6 +81,12 @@ def splice_transport(request, ops):
     # ProtocolWrapper -- passes attribute lookups on to the transport beneath it)
     if not isinstance(transport, _CompletionConnection) or transport.TLS \
             or transport.disconnecting:
+        return None
+    # The body must reach the socket as the request would write it: not where an
+    # encoder (EncodingResourceWrapper's gzip) transforms what is written, nor where
+    # a Request subclass's own write does something to it.
+    if getattr(request, "_encoder", None) is not None \
+            or type(request).write not in _PLAIN_WRITES:
         return None
     return transport
 

@@ -252,3 +252,30 @@ async def test_headers_not_yet_sent_are_waited_for_less_and_less_often(spliced):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == spliced["big"]
     assert p._looks == 0
+
+
+@ensure
+async def test_an_encoded_response_is_never_spliced(spliced):
+    """
+    Behind EncodingResourceWrapper (gzip), the body goes through the request's
+    encoder: never spliced raw into the socket. HTTP/1.0, so that the response has
+    no chunked framing either (the encoder drops its Content-Length).
+    """
+    import gzip
+
+    from twisted.web.resource import EncodingResourceWrapper
+
+    from fs_suite.test_web import _Collect, connect
+
+    wrapped = EncodingResourceWrapper(spliced["resource"], [server.GzipEncoderFactory()])
+    port = reactor().listenTCP(0, server.Site(wrapped), interface="127.0.0.1")
+    try:
+        req = b"GET /big.bin HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+        proto = await connect(port.getHost().port, _Collect(req))
+        data = await proto.done
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-encoding: gzip" in head.lower()
+    assert gzip.decompress(body) == spliced["big"]
+    assert "SpliceProducer" not in _kinds(spliced["producers"])
