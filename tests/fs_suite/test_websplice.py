@@ -279,3 +279,38 @@ async def test_an_encoded_response_is_never_spliced(spliced):
     assert b"content-encoding: gzip" in head.lower()
     assert gzip.decompress(body) == spliced["big"]
     assert "SpliceProducer" not in _kinds(spliced["producers"])
+
+
+@ensure
+async def test_nothing_is_spliced_after_the_server_aborts(spliced):
+    """
+    abortConnection (the channel's timeout, or the application) drops the
+    connection at once, but Twisted's transport only marks itself C{_aborting}
+    until its connectionLost on the next turn: a splice made meanwhile (a POLLOUT
+    or a splice op completing in the same pass) must not send more of the body.
+    """
+    if not on_uring():
+        pytest.skip("splicing is UringReactor's")
+    huge = spliced["root"] / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    del spliced["producers"][:]
+    proto = await connect(spliced["ours"], _Collect(
+        b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n", read=False))
+
+    def stuck():
+        ps = spliced["producers"]
+        return ps and ps[0]._in_pipe > 0 and ps[0]._reading is not None
+
+    await wait_until(reactor(), stuck, timeout=10)
+    p = spliced["producers"][0]
+    p._transport.abortConnection()
+    # As the poll's completion would, in the same pass: nothing more may go out.
+    with pytest.raises(ConnectionError):
+        p._drain()
+    p._in_pipe = 0  # (so that _chunk's own check is reached)
+    with pytest.raises(ConnectionError):
+        p._chunk()
+    proto.transport.abortConnection()  # (paused, the client would not see the RST)
+    await proto.done
+    await wait_until(reactor(), lambda: p._fd is None)
