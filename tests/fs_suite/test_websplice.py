@@ -314,3 +314,30 @@ async def test_nothing_is_spliced_after_the_server_aborts(spliced):
     proto.transport.abortConnection()  # (paused, the client would not see the RST)
     await proto.done
     await wait_until(reactor(), lambda: p._fd is None)
+
+
+@ensure
+async def test_a_failure_handing_the_file_to_a_producer_leaks_no_fd(spliced, monkeypatch):
+    """
+    The fast path hands its open file to a producer: should getting the ops to
+    stream with fail (a closed filesystem, a bug), the file is closed, not leaked.
+    """
+    ours = spliced["resource"]
+    status, _, body = await raw(spliced["ours"], b"/big.bin")  # (the root opened)
+    assert status == 200 and body == spliced["big"]
+    await wait_until(reactor(), lambda: all(p._fd is None for p in spliced["producers"]))
+    before = open_fds()
+    real = ours._fs()
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def ops(self):
+            raise RuntimeError("no ops (the test's)")
+
+    monkeypatch.setattr(ours, "_fs", lambda: Broken())
+    status, _, _ = await raw(spliced["ours"], b"/big.bin")
+    assert status == 500
+    monkeypatch.undo()
+    await wait_until(reactor(), lambda: open_fds() <= before)
