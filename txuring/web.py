@@ -751,8 +751,9 @@ class Directory(resource.Resource):
                 os.close(fd)
                 return True
             if len(parts) != 1 or parts[0][2] > self.chunk_size:
+                ops = self._fs().ops()  # (before the fd is handed over: it may raise)
                 fd, body = -1, fd
-                self._stream(self._fs().ops(), body, request, parts, True)
+                self._stream(ops, body, request, parts, True)
                 return True
             _, offset, size = parts[0]
             buf = bytearray(size)

@@ -46,6 +46,7 @@ import select
 from twisted.internet.defer import Deferred
 from twisted.python import log
 from twisted.python.failure import Failure
+from twisted.web import http, server
 
 from txuring.tcp import _CompletionConnection
 from txuring.web import FileProducer
@@ -59,6 +60,9 @@ PIPE_SIZE = 256 * 1024
 _SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 _SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: The writes of requests whose bytes go to the transport untransformed (but for the
+#: chunked framing, which L{start_body} checks).
+_PLAIN_WRITES = (server.Request.write, http.Request.write)
 
 
 def splice_transport(request, ops):
@@ -76,9 +80,25 @@ def splice_transport(request, ops):
     # (isinstance, not an attribute: a wrapping protocol -- TLSMemoryBIOProtocol, any
     # ProtocolWrapper -- passes attribute lookups on to the transport beneath it)
     if not isinstance(transport, _CompletionConnection) or transport.TLS \
-            or transport.disconnecting:
+            or _closing(transport):
+        return None
+    # The body must reach the socket as the request would write it: not where an
+    # encoder (EncodingResourceWrapper's gzip) transforms what is written, nor where
+    # a Request subclass's own write does something to it.
+    if getattr(request, "_encoder", None) is not None \
+            or type(request).write not in _PLAIN_WRITES:
         return None
     return transport
+
+
+def _closing(transport):
+    """
+    Whether C{transport} has begun to close (or is closed): loseConnection sets
+    C{disconnecting}, but abortConnection only C{_aborting} until its connectionLost
+    on the next turn -- and an aborted connection must not get another byte.
+    """
+    return transport.disconnecting or not transport.connected \
+        or getattr(transport, "_aborting", False)
 
 
 class SpliceProducer(FileProducer):
@@ -118,7 +138,7 @@ class SpliceProducer(FileProducer):
     def _chunk(self):
         """Splice the next chunk into the pipe once the transport has sent all it had."""
         transport = self._transport
-        if transport.disconnecting or not transport.connected:
+        if _closing(transport):
             raise ConnectionError("the connection began to close during the response")
         if transport._sendUd or len(transport.dataBuffer) > transport.offset \
                 or transport._tempDataLen:
@@ -164,7 +184,7 @@ class SpliceProducer(FileProducer):
     def _drain(self):
         """Splice what the pipe holds into the socket; when it is full, poll."""
         transport = self._transport
-        if transport.disconnecting or not transport.connected:
+        if _closing(transport):
             raise ConnectionError("the connection began to close during the response")
         sock = transport.fileno()
         try:

@@ -252,3 +252,92 @@ async def test_headers_not_yet_sent_are_waited_for_less_and_less_often(spliced):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == spliced["big"]
     assert p._looks == 0
+
+
+@ensure
+async def test_an_encoded_response_is_never_spliced(spliced):
+    """
+    Behind EncodingResourceWrapper (gzip), the body goes through the request's
+    encoder: never spliced raw into the socket. HTTP/1.0, so that the response has
+    no chunked framing either (the encoder drops its Content-Length).
+    """
+    import gzip
+
+    from twisted.web.resource import EncodingResourceWrapper
+
+    from fs_suite.test_web import _Collect, connect
+
+    wrapped = EncodingResourceWrapper(spliced["resource"], [server.GzipEncoderFactory()])
+    port = reactor().listenTCP(0, server.Site(wrapped), interface="127.0.0.1")
+    try:
+        req = b"GET /big.bin HTTP/1.0\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+        proto = await connect(port.getHost().port, _Collect(req))
+        data = await proto.done
+    finally:
+        await defer.maybeDeferred(port.stopListening)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-encoding: gzip" in head.lower()
+    assert gzip.decompress(body) == spliced["big"]
+    assert "SpliceProducer" not in _kinds(spliced["producers"])
+
+
+@ensure
+async def test_nothing_is_spliced_after_the_server_aborts(spliced):
+    """
+    abortConnection (the channel's timeout, or the application) drops the
+    connection at once, but Twisted's transport only marks itself C{_aborting}
+    until its connectionLost on the next turn: a splice made meanwhile (a POLLOUT
+    or a splice op completing in the same pass) must not send more of the body.
+    """
+    if not on_uring():
+        pytest.skip("splicing is UringReactor's")
+    huge = spliced["root"] / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    del spliced["producers"][:]
+    proto = await connect(spliced["ours"], _Collect(
+        b"GET /huge.bin HTTP/1.1\r\nHost: x\r\n\r\n", read=False))
+
+    def stuck():
+        ps = spliced["producers"]
+        return ps and ps[0]._in_pipe > 0 and ps[0]._reading is not None
+
+    await wait_until(reactor(), stuck, timeout=10)
+    p = spliced["producers"][0]
+    p._transport.abortConnection()
+    # As the poll's completion would, in the same pass: nothing more may go out.
+    with pytest.raises(ConnectionError):
+        p._drain()
+    p._in_pipe = 0  # (so that _chunk's own check is reached)
+    with pytest.raises(ConnectionError):
+        p._chunk()
+    proto.transport.abortConnection()  # (paused, the client would not see the RST)
+    await proto.done
+    await wait_until(reactor(), lambda: p._fd is None)
+
+
+@ensure
+async def test_a_failure_handing_the_file_to_a_producer_leaks_no_fd(spliced, monkeypatch):
+    """
+    The fast path hands its open file to a producer: should getting the ops to
+    stream with fail (a closed filesystem, a bug), the file is closed, not leaked.
+    """
+    ours = spliced["resource"]
+    status, _, body = await raw(spliced["ours"], b"/big.bin")  # (the root opened)
+    assert status == 200 and body == spliced["big"]
+    await wait_until(reactor(), lambda: all(p._fd is None for p in spliced["producers"]))
+    before = open_fds()
+    real = ours._fs()
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def ops(self):
+            raise RuntimeError("no ops (the test's)")
+
+    monkeypatch.setattr(ours, "_fs", lambda: Broken())
+    status, _, _ = await raw(spliced["ours"], b"/big.bin")
+    assert status == 500
+    monkeypatch.undo()
+    await wait_until(reactor(), lambda: open_fds() <= before)
