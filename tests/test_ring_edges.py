@@ -354,3 +354,54 @@ def test_openat2_of_a_directory_with_a_mode_opens_it_as_os_open_does(tmp_path):
         os.close(h.result)
     finally:
         ring.exit()
+
+
+@pytest.mark.parametrize("count", [2, 3, 8])
+def test_a_dispatch_inside_a_target_hands_out_each_cqe_once(count):
+    """
+    A target that dispatches again itself (reactor.iterate() from dataReceived does)
+    while its batch still holds CQEs: the inner fill_completions() hands out nothing
+    (dispatch keeps its place in a local while a batch runs, and batches of up to two
+    CQEs are read from the harvest arrays, which an inner harvest would overwrite), so
+    each CQE goes out once: not a multishot op's data twice, nor an "unknown op" log.
+    """
+    from twisted.python import log as twlog
+
+    from txuring._core import lib
+
+    ring = txuring.Ring(16)
+    calls = []
+    logged = []
+
+    class Record:
+        _cqes = None
+        _keep = None
+
+        def __init__(self, k):
+            self.k = k
+
+        def _more(self, res, flags):
+            calls.append(("more", self.k))
+
+        def _final(self, res, flags):
+            calls.append(self.k)
+            if self.k == 0:
+                assert ring.fill_completions() == 0  # (the nested dispatch)
+
+    twlog.addObserver(logged.append)
+    try:
+        for k in range(count):
+            ud = next(ring._ids)
+            ring._handles[ud] = Record(k)
+            assert lib.txu_prep_nop(ring._r, ud, 0) == 0
+        ring.submit()
+        from ringutil import wait_cqes
+
+        wait_cqes(ring, count)
+        ring.fill_completions()
+    finally:
+        twlog.removeObserver(logged.append)
+    assert sorted(calls) == list(range(count)), calls
+    assert not [e for e in logged if "unknown op" in str(e.get("message"))], logged
+    assert ring.active_ops == 0
+    ring.exit()

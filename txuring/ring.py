@@ -304,7 +304,8 @@ class Ring(Operations):
         posted (an op that ran, a close for one, must not look as if it had not), then
         the rest as if with C{res}.
         """
-        self._cq.dispatch()
+        if not self._dispatching:
+            self._cq.dispatch()
         self._sq.clear()
         while self._handles:
             _, target = self._handles.popitem()

@@ -81,8 +81,9 @@ SPLICE_MIN = 256 * 1024
 
 #: preadv2's RWF_NOWAIT (4.14): fail with EAGAIN rather than wait for the disk.
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 8)
-#: The flags of a file's open.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+#: The flags of a file's open: never waiting for a FIFO's writer, and never making a
+#: terminal device in the tree the process's controlling terminal (O_NOCTTY).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
 #: openat2(2) made at once: (dir_fd, path bytes, flags, resolve) -> fd or -errno.
 _open_now = lib.txu_openat2_now
 #: preadv2(2) (a name of this module's, so that tests can make it fail with EAGAIN).
@@ -482,7 +483,7 @@ class Directory(resource.Resource):
             if root is not None:
                 root.release()
 
-    async def _open(self, ops, root, rel, flags=os.O_RDONLY | os.O_NONBLOCK, local=False):
+    async def _open(self, ops, root, rel, flags=_OPEN_FLAGS, local=False):
         """
         (fd, stat, head), or (None, the error resource, None) for the client. C{head}
         is the file's first L{CHUNK} bytes (None for what is not a regular file).
