@@ -568,13 +568,15 @@ def test_r8_transport_calls_from_another_thread_take_effect(kind, call, monkeypa
 
         def elsewhere(self):
             time.sleep(0.3)  # the loop is idle by then, waiting in io_uring_enter
+            # (set first: the loop may take the call and deliver the data it resumed
+            # before this thread runs again)
+            out["called"] = True
             if call == "write":
                 self.transport.write(b"from a thread")
             elif call == "loseConnection":
                 self.transport.loseConnection()
             else:
                 self.transport.resumeProducing()
-            out["called"] = True
 
         def dataReceived(self, data):
             if out.get("called"):
