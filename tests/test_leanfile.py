@@ -21,20 +21,10 @@ import txuring
 from txuring import errors, fs, leanfile
 from txuring._core import lib
 
+from conftest import open_fds
 from ringutil import drive_until, settle, wait_cqes
 
 LIMIT = 64 * 1024
-
-
-def open_fds():
-    found = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            os.fstat(int(name))
-        except OSError:
-            continue  # the directory fd listdir used
-        found.add(int(name))
-    return found
 
 
 @pytest.fixture
