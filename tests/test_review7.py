@@ -766,3 +766,57 @@ def test_r12_bad_transport_options_are_refused_by_the_constructor(options):
     name = next(iter(options))
     with pytest.raises((ValueError, TypeError), match=name):
         UringReactor(**options)
+
+
+# ---- R13 (review 7c): the batched pass end and an aborted transport ----
+
+
+@pytest.mark.parametrize("kind,threshold", [("epoll", None), ("uring", 4), ("uring", 0)],
+                         ids=["epoll", "uring-direct", "uring-ring"])
+def test_r13_no_bytes_leave_an_aborted_transport_resumed_and_written(kind, threshold):
+    """
+    abortConnection drops what is buffered and sends nothing more (Twisted replaces the
+    transport's doWrite with a no-op). A protocol that then resumes the transport
+    (resumeProducing: reading again) and writes -- twisted.web's channel resumes its
+    transport when a request finishes -- must not get those bytes out before the
+    abort's connectionLost. (Before: _passEnds took the aborted connection for the
+    common case, reading with one buffer to send, and sent it with send(2) or a send
+    op, never asking its doWrite.)
+    """
+    reactor = make(kind) if threshold is None else make(kind, directSendThreshold=threshold)
+    got = []
+
+    class Aborter(Protocol):
+        def dataReceived(self, data):
+            t = self.transport
+            t.abortConnection()
+            t.resumeProducing()
+            t.write(b"leak")
+
+    try:
+        port = reactor.listenTCP(0, Factory.forProtocol(Aborter), interface="127.0.0.1")
+        client = socket.create_connection(("127.0.0.1", port.getHost().port))
+        client.settimeout(5)
+
+        def read():
+            data = b""
+            try:
+                while True:
+                    chunk = client.recv(100)
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionResetError:
+                data += b"<RST>"
+            got.append(data)
+            reactor.callFromThread(reactor.stop)
+
+        client.sendall(b"x")
+        reader = threading.Thread(target=read)
+        reader.start()
+        run(reactor, timeout=5)
+        reader.join(5)
+        client.close()
+        assert got == [b"<RST>"]
+    finally:
+        release(reactor)

@@ -1048,6 +1048,18 @@ class _CompletionConnection(_SendOp):
 
     # ---- the end ----
 
+    def abortConnection(self):
+        """
+        C{tcp.Connection.abortConnection}, which makes C{doWrite} a no-op on the
+        instance: from then on L{_passEnds} leaves this connection to L{_passEnd}
+        (which calls that C{doWrite}), so nothing written after the abort goes out,
+        even if the protocol resumes the transport and writes before the abort's
+        connectionLost (on the next turn).
+        """
+        super().abortConnection()
+        if self._aborting:
+            self._passInline = False
+
     def connectionLost(self, reason):
         if not hasattr(self, "socket"):
             return
