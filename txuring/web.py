@@ -221,6 +221,20 @@ class _Lister(static.DirectoryLister):
         return dirs, files
 
 
+
+async def _fill(ops, fd, buf, offset, got):
+    """
+    Fill C{buf} with the bytes of C{fd} from C{offset}, its first C{got} already in
+    it; EIO if the file ends first (it shrank while being served).
+    """
+    size = len(buf)
+    while got < size:
+        n = await ops.read(fd, memoryview(buf)[got:], offset + got)
+        if n == 0:
+            raise OSError(errno.EIO, "the file shrank while being served")
+        got += n
+
+
 class Directory(resource.Resource):
     """
     Serves the tree under C{path} (see the module docstring).
@@ -658,12 +672,7 @@ class Directory(resource.Resource):
                 request.finish()
                 return fd
             buf = bytearray(size)
-            got = 0
-            while got < size:
-                n = await ops.read(fd, memoryview(buf)[got:], offset + got)
-                if n == 0:
-                    raise OSError(errno.EIO, "the file shrank while being served")
-                got += n
+            await _fill(ops, fd, buf, offset, 0)
             request.write(bytes(buf))
             request.finish()
             return fd
@@ -819,12 +828,7 @@ class Directory(resource.Resource):
         """The small body of L{_serve_now} whose first C{got} bytes are in C{buf}."""
         ops = self._fs().ops()
         try:
-            size = len(buf)
-            while got < size:
-                n = await ops.read(fd, memoryview(buf)[got:], offset + got)
-                if n == 0:
-                    raise OSError(errno.EIO, "the file shrank while being served")
-                got += n
+            await _fill(ops, fd, buf, offset, got)
             request.write(bytes(buf))
             request.finish()
         finally:
